@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+var (
+	testEnv    *envtest.Environment
+	k8sClient  client.Client
+	kubeconfig string
+)
+
+func TestManager(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "manager suite")
+}
+
+var _ = BeforeSuite(func() {
+	Expect(os.Getenv("KUBEBUILDER_ASSETS")).NotTo(BeEmpty(),
+		"KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(hack/setup-envtest.sh)")
+	testEnv = &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := testEnv.Start()
+	Expect(err).NotTo(HaveOccurred())
+	scheme, err := newScheme()
+	Expect(err).NotTo(HaveOccurred())
+	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme})
+	Expect(err).NotTo(HaveOccurred())
+
+	admin, err := testEnv.AddUser(envtest.User{Name: "operator", Groups: []string{"system:masters"}}, nil)
+	Expect(err).NotTo(HaveOccurred())
+	raw, err := admin.KubeConfig()
+	Expect(err).NotTo(HaveOccurred())
+	kubeconfig = filepath.Join(GinkgoT().TempDir(), "kubeconfig")
+	Expect(os.WriteFile(kubeconfig, raw, 0o600)).To(Succeed())
+})
+
+var _ = AfterSuite(func() {
+	if testEnv != nil {
+		Expect(testEnv.Stop()).To(Succeed())
+	}
+})
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// start runs the manager with args until the spec ends.
+func start(args ...string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		defer GinkgoRecover()
+		done <- run(ctx, append([]string{"--kubeconfig", kubeconfig}, args...))
+	}()
+	DeferCleanup(func() {
+		cancel()
+		Eventually(done, 30*time.Second).Should(Receive(BeNil()))
+	})
+}
+
+func get(c *http.Client, url string) (int, string) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+var _ = Describe("the manager", func() {
+	It("serves health, readiness and plain metrics", func() {
+		probes, metrics := freeAddr(), freeAddr()
+		start("--health-probe-bind-address", probes, "--metrics-bind-address", metrics, "--metrics-secure=false")
+		Eventually(func() int { code, _ := get(http.DefaultClient, "http://"+probes+"/healthz"); return code }, 20*time.Second).Should(Equal(http.StatusOK))
+		Eventually(func() int { code, _ := get(http.DefaultClient, "http://"+probes+"/readyz"); return code }, 20*time.Second).Should(Equal(http.StatusOK))
+		Eventually(func() string { _, body := get(http.DefaultClient, "http://"+metrics+"/metrics"); return body }, 20*time.Second).
+			Should(ContainSubstring("controller_runtime_"))
+	})
+
+	It("refuses metrics to a client that does not authenticate", func() {
+		probes, metrics := freeAddr(), freeAddr()
+		start("--health-probe-bind-address", probes, "--metrics-bind-address", metrics)
+		insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+		Eventually(func() int { code, _ := get(insecure, "https://"+metrics+"/metrics"); return code }, 20*time.Second).
+			Should(Equal(http.StatusUnauthorized))
+	})
+
+	It("takes the leader lease when leader election is on", func() {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keepalive-system"}}
+		Expect(k8sClient.Create(context.Background(), ns)).To(Succeed())
+		start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0",
+			"--leader-elect", "--leader-election-namespace", ns.Name)
+		lease := &coordinationv1.Lease{}
+		Eventually(func() error {
+			return k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns.Name, Name: "keepalive-operator.keepalive.io"}, lease)
+		}, 30*time.Second).Should(Succeed())
+		Expect(lease.Spec.HolderIdentity).NotTo(BeNil())
+	})
+})
+
+var _ = DescribeTable("flag errors",
+	func(args []string, want string) {
+		_, err := parseFlags(args)
+		Expect(err).To(MatchError(ContainSubstring(want)))
+	},
+	Entry("webhook port out of range", []string{"--webhook-port", "70000"}, "--webhook-port must be between 1 and 65535, is 70000"),
+	Entry("unknown flag", []string{"--metrics-addr", ":8080"}, "flag provided but not defined: -metrics-addr"),
+	Entry("stray argument", []string{"start"}, "unexpected arguments: [start]"),
+)
+
+var _ = It("defaults to the documented ports", func() {
+	o, err := parseFlags(nil)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(fmt.Sprint(o.metricsAddr, " ", o.probeAddr, " ", o.webhookPort, " ", o.metricsSecure, " ", o.leaderElect)).
+		To(Equal(":8443 :8081 9443 true false"))
+})

@@ -1,0 +1,121 @@
+package keepalive
+
+import (
+	"cmp"
+	"fmt"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+)
+
+// Kinds of policy, as they appear in references.
+const (
+	KindKeepalivePolicy        = "KeepalivePolicy"
+	KindClusterKeepalivePolicy = "ClusterKeepalivePolicy"
+)
+
+// Ref names a policy.
+type Ref struct {
+	Kind      string
+	Namespace string // empty for cluster policies
+	Name      string
+}
+
+// String is the form of the keepalive.io/policy annotation:
+// Kind/namespace/name, or Kind/name for a cluster policy.
+func (r Ref) String() string {
+	if r.Namespace == "" {
+		return r.Kind + "/" + r.Name
+	}
+	return r.Kind + "/" + r.Namespace + "/" + r.Name
+}
+
+// Policy is a policy ready to be matched against pods: its selectors parsed
+// and its values computed.
+type Policy struct {
+	Ref    Ref
+	Mode   v1alpha1.Mode
+	Result Result
+	// podSelector and namespaceSelector are nil when they select everything.
+	podSelector       labels.Selector
+	namespaceSelector labels.Selector
+}
+
+// NewPolicy parses and computes a KeepalivePolicy.
+func NewPolicy(p *v1alpha1.KeepalivePolicy) (Policy, error) {
+	return newPolicy(Ref{KindKeepalivePolicy, p.Namespace, p.Name}, p.Spec, nil)
+}
+
+// NewClusterPolicy parses and computes a ClusterKeepalivePolicy.
+func NewClusterPolicy(p *v1alpha1.ClusterKeepalivePolicy) (Policy, error) {
+	return newPolicy(Ref{Kind: KindClusterKeepalivePolicy, Name: p.Name}, p.Spec.KeepalivePolicySpec, p.Spec.NamespaceSelector)
+}
+
+func newPolicy(ref Ref, spec v1alpha1.KeepalivePolicySpec, nsSel *metav1.LabelSelector) (Policy, error) {
+	res, err := Compute(spec)
+	if err != nil {
+		return Policy{}, err
+	}
+	pol := Policy{Ref: ref, Mode: spec.Mode, Result: res}
+	if pol.podSelector, err = selector(spec.PodSelector); err != nil {
+		return Policy{}, fmt.Errorf("podSelector: %w", err)
+	}
+	if pol.namespaceSelector, err = selector(nsSel); err != nil {
+		return Policy{}, fmt.Errorf("namespaceSelector: %w", err)
+	}
+	return pol, nil
+}
+
+// selector returns nil for a selector that selects everything.
+func selector(s *metav1.LabelSelector) (labels.Selector, error) {
+	if s == nil || (len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0) {
+		return nil, nil
+	}
+	return metav1.LabelSelectorAsSelector(s)
+}
+
+// Target is a pod as policies see it.
+type Target struct {
+	Namespace       string
+	Labels          map[string]string
+	NamespaceLabels map[string]string
+}
+
+// Applies reports whether the policy is in scope for the pod and selects it:
+// a KeepalivePolicy in the pod's namespace, or a ClusterKeepalivePolicy whose
+// namespaceSelector matches the pod's namespace.
+func (p Policy) Applies(t Target) bool {
+	if p.Ref.Kind == KindKeepalivePolicy && p.Ref.Namespace != t.Namespace {
+		return false
+	}
+	if p.namespaceSelector != nil && !p.namespaceSelector.Matches(labels.Set(t.NamespaceLabels)) {
+		return false
+	}
+	return p.podSelector == nil || p.podSelector.Matches(labels.Set(t.Labels))
+}
+
+// Select returns the policy that governs the pod among those that apply: the
+// smallest time wins, then the smallest interval, then the name (then kind
+// and namespace, so that the choice never depends on the order of the input).
+func Select(policies []Policy, t Target) (Policy, bool) {
+	var best Policy
+	found := false
+	for _, p := range policies {
+		if p.Applies(t) && (!found || precedes(p, best)) {
+			best, found = p, true
+		}
+	}
+	return best, found
+}
+
+func precedes(a, b Policy) bool {
+	return cmp.Or(
+		cmp.Compare(a.Result.Values.TimeSeconds, b.Result.Values.TimeSeconds),
+		cmp.Compare(a.Result.Values.IntervalSeconds, b.Result.Values.IntervalSeconds),
+		cmp.Compare(a.Ref.Name, b.Ref.Name),
+		cmp.Compare(a.Ref.Kind, b.Ref.Kind),
+		cmp.Compare(a.Ref.Namespace, b.Ref.Namespace),
+	) < 0
+}

@@ -1,0 +1,178 @@
+package keepalive
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
+)
+
+func TestRefString(t *testing.T) {
+	cases := map[string]struct {
+		ref  Ref
+		want string
+	}{
+		"namespaced": {Ref{KindKeepalivePolicy, "shop", "behind-nlb"}, "KeepalivePolicy/shop/behind-nlb"},
+		"cluster":    {Ref{Kind: KindClusterKeepalivePolicy, Name: "all"}, "ClusterKeepalivePolicy/all"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := tc.ref.String(); got != tc.want {
+				t.Errorf("String() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func mustPolicy(t *testing.T, p *v1alpha1.KeepalivePolicy) Policy {
+	t.Helper()
+	pol, err := NewPolicy(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pol
+}
+
+func mustClusterPolicy(t *testing.T, p *v1alpha1.ClusterKeepalivePolicy) Policy {
+	t.Helper()
+	pol, err := NewClusterPolicy(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pol
+}
+
+func TestApplies(t *testing.T) {
+	api := map[string]string{"app": "api"}
+	shop := Target{Namespace: "shop", Labels: api, NamespaceLabels: map[string]string{"team": "shop"}}
+	nlb := testobj.Spec().Preset(v1alpha1.PresetAWSNLB)
+	cases := map[string]struct {
+		policy Policy
+		target Target
+		want   bool
+	}{
+		"namespaced, no selector": {mustPolicy(t, nlb.Policy("shop", "p")), shop, true},
+		"namespaced, other namespace": {
+			mustPolicy(t, nlb.Policy("billing", "p")), shop, false,
+		},
+		"namespaced, pod selector matches": {
+			mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSNLB).PodLabels(api).Policy("shop", "p")), shop, true,
+		},
+		"namespaced, pod selector misses": {
+			mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSNLB).PodLabels(map[string]string{"app": "web"}).Policy("shop", "p")), shop, false,
+		},
+		"namespaced, empty pod selector selects all": {
+			mustPolicy(t, func() *v1alpha1.KeepalivePolicy {
+				p := nlb.Policy("shop", "p")
+				p.Spec.PodSelector = &metav1.LabelSelector{}
+				return p
+			}()), shop, true,
+		},
+		"cluster, no namespace selector": {mustClusterPolicy(t, nlb.ClusterPolicy("c", nil)), shop, true},
+		"cluster, namespace selector matches": {
+			mustClusterPolicy(t, nlb.ClusterPolicy("c", map[string]string{"team": "shop"})), shop, true,
+		},
+		"cluster, namespace selector misses": {
+			mustClusterPolicy(t, nlb.ClusterPolicy("c", map[string]string{"team": "billing"})), shop, false,
+		},
+		"cluster, namespace matches, pod selector misses": {
+			mustClusterPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSNLB).PodLabels(map[string]string{"app": "web"}).ClusterPolicy("c", map[string]string{"team": "shop"})), shop, false,
+		},
+		"cluster, expression selector": {
+			mustClusterPolicy(t, func() *v1alpha1.ClusterKeepalivePolicy {
+				p := nlb.ClusterPolicy("c", nil)
+				p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+					{Key: "team", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"billing"}},
+				}}
+				return p
+			}()), shop, true,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := tc.policy.Applies(tc.target); got != tc.want {
+				t.Errorf("Applies() = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSelect(t *testing.T) {
+	shop := Target{Namespace: "shop", Labels: map[string]string{"app": "api"}}
+	nlb := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy("shop", "nlb"))                        // 175/30
+	alb := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).Policy("shop", "alb"))                        // 30/10
+	albFast := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).Interval(5).Policy("shop", "z-alb-fast")) // 30/5
+	albTwin := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).Policy("shop", "a-alb"))                  // 30/10
+	clusterALB := mustClusterPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).ClusterPolicy("alb", nil))      // 30/10
+	elsewhere := mustPolicy(t, testobj.Spec().Custom("", 2).Policy("billing", "fast"))                              // 1/1, other namespace
+	cases := map[string]struct {
+		policies []Policy
+		want     string // the winner's reference, "" for none
+	}{
+		"none":                                     {nil, ""},
+		"only policies of other namespaces":        {[]Policy{elsewhere}, ""},
+		"single":                                   {[]Policy{nlb}, "KeepalivePolicy/shop/nlb"},
+		"smallest time wins":                       {[]Policy{nlb, alb}, "KeepalivePolicy/shop/alb"},
+		"same time, smallest interval wins":        {[]Policy{alb, albFast}, "KeepalivePolicy/shop/z-alb-fast"},
+		"same values, name decides":                {[]Policy{alb, albTwin}, "KeepalivePolicy/shop/a-alb"},
+		"same values and name, kind decides":       {[]Policy{alb, clusterALB}, "ClusterKeepalivePolicy/alb"},
+		"a faster policy elsewhere does not count": {[]Policy{nlb, elsewhere}, "KeepalivePolicy/shop/nlb"},
+		"all together":                             {[]Policy{nlb, alb, albFast, albTwin, clusterALB, elsewhere}, "KeepalivePolicy/shop/z-alb-fast"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			// The winner must not depend on the order of the input.
+			for _, order := range [][]Policy{tc.policies, reversed(tc.policies)} {
+				got, ok := Select(order, shop)
+				gotRef := ""
+				if ok {
+					gotRef = got.Ref.String()
+				}
+				if diff := cmp.Diff(tc.want, gotRef); diff != "" {
+					t.Errorf("winner (-want +got):\n%s", diff)
+				}
+			}
+		})
+	}
+}
+
+func reversed(p []Policy) []Policy {
+	r := slices.Clone(p)
+	slices.Reverse(r)
+	return r
+}
+
+func TestNewPolicyRejects(t *testing.T) {
+	badSelector := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "a", Operator: "Near"}}}
+	cases := map[string]struct {
+		build func() (Policy, error)
+		want  string
+	}{
+		"invalid spec": {func() (Policy, error) {
+			return NewPolicy(testobj.Spec().Policy("shop", "p"))
+		}, "idleTimeouts: must have 1 to 16 hops"},
+		"invalid pod selector": {func() (Policy, error) {
+			p := testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy("shop", "p")
+			p.Spec.PodSelector = badSelector
+			return NewPolicy(p)
+		}, "podSelector: "},
+		"invalid namespace selector": {func() (Policy, error) {
+			p := testobj.Spec().Preset(v1alpha1.PresetAWSNLB).ClusterPolicy("c", nil)
+			p.Spec.NamespaceSelector = badSelector
+			return NewClusterPolicy(p)
+		}, "namespaceSelector: "},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := tc.build()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,89 @@
+// Package testobj builds API objects for tests.
+package testobj
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+)
+
+// SpecWrapper builds a KeepalivePolicySpec.
+type SpecWrapper struct{ v1alpha1.KeepalivePolicySpec }
+
+// Spec starts an empty spec.
+func Spec() *SpecWrapper { return &SpecWrapper{} }
+
+// Preset adds a hop with a preset's default timeout.
+func (w *SpecWrapper) Preset(p v1alpha1.Preset) *SpecWrapper {
+	w.IdleTimeouts = append(w.IdleTimeouts, v1alpha1.Hop{Preset: p})
+	return w
+}
+
+// PresetSeconds adds a hop with a preset and an overriding timeout.
+func (w *SpecWrapper) PresetSeconds(p v1alpha1.Preset, seconds int32) *SpecWrapper {
+	w.IdleTimeouts = append(w.IdleTimeouts, v1alpha1.Hop{Preset: p, Seconds: &seconds})
+	return w
+}
+
+// Custom adds a hop without preset; name may be empty.
+func (w *SpecWrapper) Custom(name string, seconds int32) *SpecWrapper {
+	w.IdleTimeouts = append(w.IdleTimeouts, v1alpha1.Hop{Name: name, Seconds: &seconds})
+	return w
+}
+
+// Hop adds a hop as given.
+func (w *SpecWrapper) Hop(h v1alpha1.Hop) *SpecWrapper {
+	w.IdleTimeouts = append(w.IdleTimeouts, h)
+	return w
+}
+
+// TimePercent sets timePercent.
+func (w *SpecWrapper) TimePercent(p int32) *SpecWrapper {
+	w.KeepalivePolicySpec.TimePercent = p
+	return w
+}
+
+// Interval sets intervalSeconds.
+func (w *SpecWrapper) Interval(s int32) *SpecWrapper { w.IntervalSeconds = &s; return w }
+
+// Probes sets probes.
+func (w *SpecWrapper) Probes(n int32) *SpecWrapper { w.KeepalivePolicySpec.Probes = n; return w }
+
+// Mode sets mode.
+func (w *SpecWrapper) Mode(m v1alpha1.Mode) *SpecWrapper { w.KeepalivePolicySpec.Mode = m; return w }
+
+// Rollout sets rollout.
+func (w *SpecWrapper) Rollout(r v1alpha1.Rollout) *SpecWrapper {
+	w.KeepalivePolicySpec.Rollout = r
+	return w
+}
+
+// PodLabels sets podSelector to match these labels.
+func (w *SpecWrapper) PodLabels(l map[string]string) *SpecWrapper {
+	w.PodSelector = &metav1.LabelSelector{MatchLabels: l}
+	return w
+}
+
+// Obj returns the spec.
+func (w *SpecWrapper) Obj() v1alpha1.KeepalivePolicySpec { return *w.DeepCopy() }
+
+// Policy returns a KeepalivePolicy with this spec.
+func (w *SpecWrapper) Policy(namespace, name string) *v1alpha1.KeepalivePolicy {
+	return &v1alpha1.KeepalivePolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec:       w.Obj(),
+	}
+}
+
+// ClusterPolicy returns a ClusterKeepalivePolicy with this spec and a
+// namespaceSelector matching nsLabels (nil: every namespace).
+func (w *SpecWrapper) ClusterPolicy(name string, nsLabels map[string]string) *v1alpha1.ClusterKeepalivePolicy {
+	p := &v1alpha1.ClusterKeepalivePolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       v1alpha1.ClusterKeepalivePolicySpec{KeepalivePolicySpec: w.Obj()},
+	}
+	if nsLabels != nil {
+		p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: nsLabels}
+	}
+	return p
+}
