@@ -10,7 +10,7 @@ set -euo pipefail
 
 K8S_VERSION=${ENVTEST_K8S_VERSION:-1.36.3}
 ETCD_VERSION=${ENVTEST_ETCD_VERSION:-3.6.16}
-SETUP_ENVTEST_VERSION=${SETUP_ENVTEST_VERSION:-release-0.24}
+SETUP_ENVTEST_VERSION=${SETUP_ENVTEST_VERSION:-v0.25.1}
 GOOS=$(go env GOOS)
 GOARCH=$(go env GOARCH)
 ROOT=${ENVTEST_ASSETS_ROOT:-${XDG_DATA_HOME:-$HOME/.local/share}/kubebuilder-envtest}
@@ -34,13 +34,17 @@ fi
 command -v go >/dev/null || die "go is not on PATH"
 
 say "trying setup-envtest $SETUP_ENVTEST_VERSION for Kubernetes $K8S_VERSION"
+errlog=$(mktemp)
 if dir=$(timeout 120 go run "sigs.k8s.io/controller-runtime/tools/setup-envtest@$SETUP_ENVTEST_VERSION" \
-    use "$K8S_VERSION" --bin-dir "$ROOT" -p path 2>/dev/null) && complete "$dir"; then
+    use "$K8S_VERSION" --bin-dir "$ROOT" -p path 2>"$errlog") && complete "$dir"; then
+  rm -f "$errlog"
   echo "$dir"
   exit 0
 fi
+say "setup-envtest failed: $(grep -v '^go: downloading' "$errlog" | head -n 1)"
+rm -f "$errlog"
 
-say "setup-envtest could not download; building kube-apiserver, kubectl and etcd from Go modules"
+say "building kube-apiserver, kubectl and etcd from Go modules instead"
 say "this takes about 5 minutes on 2 cores the first time and is cached in $DEST"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -81,7 +85,7 @@ ldflags="-s -w -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMi
 (
   cd "$work/k8s"
   say "resolving k8s.io/kubernetes v$K8S_VERSION modules"
-  GOFLAGS=-mod=mod go mod tidy >&2 2>&1 || die "go mod tidy failed for k8s.io/kubernetes v$K8S_VERSION"
+  GOFLAGS=-mod=mod go mod tidy >"$work/tidy.log" 2>&1 || { cat "$work/tidy.log" >&2; die "go mod tidy failed for k8s.io/kubernetes v$K8S_VERSION"; }
   say "building kube-apiserver"
   CGO_ENABLED=0 go build -ldflags "$ldflags" -o "$DEST.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver >&2
   say "building kubectl"
@@ -93,7 +97,7 @@ ldflags="-s -w -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMi
   printf 'module etcdbuild\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 v%s\n' "$ETCD_VERSION" > go.mod
   printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' > tools.go
   say "building etcd $ETCD_VERSION"
-  GOFLAGS=-mod=mod go mod tidy >&2 2>&1
+  GOFLAGS=-mod=mod go mod tidy >"$work/tidy-etcd.log" 2>&1 || { cat "$work/tidy-etcd.log" >&2; exit 1; }
   CGO_ENABLED=0 go build -ldflags "-s -w" -o "$DEST.tmp/etcd" go.etcd.io/etcd/server/v3 >&2
 ) || die "building etcd $ETCD_VERSION failed"
 

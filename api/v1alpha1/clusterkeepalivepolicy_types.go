@@ -57,7 +57,3 @@ type ClusterKeepalivePolicyList struct {
 	// items are the policies.
 	Items []ClusterKeepalivePolicy `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&ClusterKeepalivePolicy{}, &ClusterKeepalivePolicyList{})
-}

@@ -282,7 +282,3 @@ type KeepalivePolicyList struct {
 	// items are the policies.
 	Items []KeepalivePolicy `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&KeepalivePolicy{}, &KeepalivePolicyList{})
-}

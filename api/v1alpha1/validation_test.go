@@ -187,7 +187,9 @@ spec:
 var _ = Describe("the CRD rules agree with internal/keepalive", func() {
 	for _, preset := range keepalive.Presets() {
 		info, _ := keepalive.LookupPreset(preset)
-		hop := func(seconds int32) string { return fmt.Sprintf("idleTimeouts: [{preset: %s, seconds: %d}]", preset, seconds) }
+		hop := func(seconds int32) string {
+			return fmt.Sprintf("idleTimeouts: [{preset: %s, seconds: %d}]", preset, seconds)
+		}
 
 		if info.Fixed() {
 			It(fmt.Sprintf("rejects any seconds for the fixed %s", preset), func() {

@@ -14,8 +14,10 @@ const (
 	// MaxDerivedInterval caps the derived interval: past 30 s a lost probe
 	// delays the detection of a dead peer for little gain.
 	MaxDerivedInterval int32 = 30
-	MaxHops                  = 16
 )
+
+// MaxHops is the most idle timeouts a policy lists.
+const MaxHops = 16
 
 // Values are the three keepalive sysctls.
 type Values struct {
