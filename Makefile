@@ -54,9 +54,10 @@ test: manifests generate fmt vet ## Run all tests, the envtest suites against a 
 .PHONY: verify
 verify: manifests generate ## Fail when generated files, go.mod or formatting are out of date.
 	go mod tidy
-	gofmt -l . | tee /dev/stderr | (! read)
+	@unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "not gofmt-ed: $$unformatted"; exit 1; }
 	@git diff --exit-code -- . || { echo "generated files or go.mod are out of date: run make manifests generate and go mod tidy, then commit"; exit 1; }
 	@test -z "$$(git status --porcelain --untracked-files=all -- api config)" || { git status --porcelain -- api config; echo "untracked generated files: commit them"; exit 1; }
+	@echo "verify: generated files, go.mod and formatting are up to date"
 
 ##@ Build
 
