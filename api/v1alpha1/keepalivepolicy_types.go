@@ -48,8 +48,11 @@ const (
 	RolloutNone Rollout = "None"
 )
 
+// The rules on Hop repeat the ranges of the presets table in
+// internal/keepalive; api/v1alpha1's envtest suite holds the two together.
+
 // Hop is one middlebox on the connection path and how long it remembers an
-// idle TCP flow. The ranges below mirror the presets table of internal/keepalive.
+// idle TCP flow.
 // +kubebuilder:validation:XValidation:rule="has(self.preset) || has(self.seconds)",message="a hop needs a preset or seconds"
 // +kubebuilder:validation:XValidation:rule="has(self.preset) || !has(self.seconds) || self.seconds >= 2",message="seconds of a custom hop must be between 2 and 432000"
 // +kubebuilder:validation:XValidation:rule="!has(self.seconds) || !has(self.preset) || self.preset != 'aws-nlb' || (self.seconds >= 60 && self.seconds <= 6000)",message="seconds for preset aws-nlb must be between 60 and 6000"
