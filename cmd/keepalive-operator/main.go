@@ -8,19 +8,22 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/webhook"
 )
 
 func main() {
@@ -40,6 +43,8 @@ type options struct {
 	leaderElectionNS string
 	webhookCertPath  string
 	webhookPort      int
+	unsafeSysctls    bool
+	operatorNS       string
 	zap              zap.Options
 }
 
@@ -54,7 +59,9 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader to run the reconciler, so that several replicas can run; webhooks serve on every replica.")
 	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "Namespace of the leader election lease; the operator's own namespace when empty.")
 	fs.StringVar(&o.webhookCertPath, "webhook-cert-path", "", "Folder with tls.crt and tls.key for the webhook server (default: the system temp folder's k8s-webhook-server/serving-certs).")
-	fs.IntVar(&o.webhookPort, "webhook-port", webhook.DefaultPort, "Port the webhook server listens on.")
+	fs.IntVar(&o.webhookPort, "webhook-port", ctrlwebhook.DefaultPort, "Port the webhook server listens on.")
+	fs.BoolVar(&o.unsafeSysctls, "unsafe-sysctls-allowed", false, "Every kubelet allows the keepalive sysctls (--allowed-unsafe-sysctls): inject them even on clusters older than Kubernetes 1.29.")
+	fs.StringVar(&o.operatorNS, "operator-namespace", operatorNamespace(), "The operator's own namespace, never injected (default: POD_NAMESPACE, else the service account's namespace).")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -103,7 +110,10 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                  scheme,
+		Scheme: scheme,
+		// Admission reads namespace labels and policies from the cache;
+		// managed fields are never read.
+		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
 		LeaderElection:          o.leaderElect,
@@ -112,7 +122,7 @@ func run(ctx context.Context, args []string) error {
 		// The reconciler stops at once when it loses the lease; a new leader
 		// picks up from the API server's state.
 		LeaderElectionReleaseOnCancel: true,
-		WebhookServer: webhook.NewServer(webhook.Options{
+		WebhookServer: ctrlwebhook.NewServer(ctrlwebhook.Options{
 			CertDir: o.webhookCertPath,
 			Port:    o.webhookPort,
 		}),
@@ -120,11 +130,14 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
+	if _, err := webhook.Setup(ctx, mgr, webhook.Options{
+		UnsafeSysctlsAllowed: o.unsafeSysctls,
+		OperatorNamespace:    o.operatorNS,
+	}); err != nil {
+		return fmt.Errorf("set up the pod webhook: %w", err)
+	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add health check: %w", err)
-	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
-		return fmt.Errorf("add readiness check: %w", err)
 	}
 
 	log.Info("starting manager", "metrics", o.metricsAddr, "probes", o.probeAddr, "leaderElection", o.leaderElect)
@@ -139,4 +152,15 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
 	return ctrl.GetConfig()
+}
+
+// operatorNamespace is the namespace the operator runs in, when it can tell.
+func operatorNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if raw, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+		return strings.TrimSpace(string(raw))
+	}
+	return ""
 }

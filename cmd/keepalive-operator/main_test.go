@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -19,6 +20,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
 )
 
 var (
@@ -38,6 +42,9 @@ var _ = BeforeSuite(func() {
 	testEnv = &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
+		WebhookInstallOptions: envtest.WebhookInstallOptions{
+			Paths: []string{filepath.Join("..", "..", "config", "webhook")},
+		},
 	}
 	cfg, err := testEnv.Start()
 	Expect(err).NotTo(HaveOccurred())
@@ -67,13 +74,20 @@ func freeAddr() string {
 	return l.Addr().String()
 }
 
-// start runs the manager with args until the spec ends.
+// start runs the manager with args until the spec ends, its webhook server
+// where envtest's webhook configuration points.
 func start(args ...string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	wh := testEnv.WebhookInstallOptions
 	go func() {
 		defer GinkgoRecover()
-		done <- run(ctx, append([]string{"--kubeconfig", kubeconfig}, args...))
+		done <- run(ctx, append([]string{
+			"--kubeconfig", kubeconfig,
+			"--webhook-cert-path", wh.LocalServingCertDir,
+			"--webhook-port", strconv.Itoa(wh.LocalServingPort),
+			"--operator-namespace", "keepalive-system",
+		}, args...))
 	}()
 	DeferCleanup(func() {
 		cancel()
@@ -99,6 +113,21 @@ var _ = Describe("the manager", func() {
 		Eventually(func() int { code, _ := get(http.DefaultClient, "http://"+probes+"/readyz"); return code }, 20*time.Second).Should(Equal(http.StatusOK))
 		Eventually(func() string { _, body := get(http.DefaultClient, "http://"+metrics+"/metrics"); return body }, 20*time.Second).
 			Should(ContainSubstring("controller_runtime_"))
+	})
+
+	It("injects pods through its webhook", func() {
+		start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0")
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "shop-"}}
+		Expect(k8sClient.Create(context.Background(), ns)).To(Succeed())
+		policy := testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns.Name, "nlb")
+		Expect(k8sClient.Create(context.Background(), policy)).To(Succeed())
+		Eventually(func() map[string]string {
+			pod := testobj.MakePod(ns.Name, "app").Obj()
+			if err := k8sClient.Create(context.Background(), pod, client.DryRunAll); err != nil {
+				return nil
+			}
+			return pod.Annotations
+		}, 20*time.Second).Should(HaveKeyWithValue("keepalive.io/policy", "KeepalivePolicy/"+ns.Name+"/nlb"))
 	})
 
 	It("refuses metrics to a client that does not authenticate", func() {

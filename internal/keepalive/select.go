@@ -86,7 +86,7 @@ type Target struct {
 // Applies reports whether the policy is in scope for the pod and selects it:
 // a KeepalivePolicy in the pod's namespace, or a ClusterKeepalivePolicy whose
 // namespaceSelector matches the pod's namespace.
-func (p Policy) Applies(t Target) bool {
+func (p *Policy) Applies(t Target) bool {
 	if p.Ref.Kind == KindKeepalivePolicy && p.Ref.Namespace != t.Namespace {
 		return false
 	}
@@ -96,26 +96,38 @@ func (p Policy) Applies(t Target) bool {
 	return p.podSelector == nil || p.podSelector.Matches(labels.Set(t.Labels))
 }
 
-// Select returns the policy that governs the pod among those that apply: the
-// smallest time wins, then the smallest interval, then the name (then kind
-// and namespace, so that the choice never depends on the order of the input).
-func Select(policies []Policy, t Target) (Policy, bool) {
+// Select returns the policy that governs the pod among those of the lists
+// that apply. Enforce policies come before Audit ones, so that a policy under
+// trial never holds back one in force; then the smallest time wins, then the
+// smallest interval, then the name (then kind and namespace, so that the
+// choice never depends on the order of the input).
+func Select(t Target, lists ...[]Policy) (Policy, bool) {
 	var best Policy
 	found := false
-	for _, p := range policies {
-		if p.Applies(t) && (!found || precedes(p, best)) {
-			best, found = p, true
+	for _, policies := range lists {
+		for i := range policies {
+			if p := &policies[i]; p.Applies(t) && (!found || precedes(p, &best)) {
+				best, found = *p, true
+			}
 		}
 	}
 	return best, found
 }
 
-func precedes(a, b Policy) bool {
+func precedes(a, b *Policy) bool {
 	return cmp.Or(
+		cmp.Compare(auditRank(a.Mode), auditRank(b.Mode)),
 		cmp.Compare(a.Result.Values.TimeSeconds, b.Result.Values.TimeSeconds),
 		cmp.Compare(a.Result.Values.IntervalSeconds, b.Result.Values.IntervalSeconds),
 		cmp.Compare(a.Ref.Name, b.Ref.Name),
 		cmp.Compare(a.Ref.Kind, b.Ref.Kind),
 		cmp.Compare(a.Ref.Namespace, b.Ref.Namespace),
 	) < 0
+}
+
+func auditRank(m v1alpha1.Mode) int {
+	if m == v1alpha1.ModeAudit {
+		return 1
+	}
+	return 0
 }

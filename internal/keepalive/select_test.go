@@ -110,25 +110,33 @@ func TestSelect(t *testing.T) {
 	albTwin := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).Policy("shop", "a-alb"))                  // 30/10
 	clusterALB := mustClusterPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).ClusterPolicy("alb", nil))      // 30/10
 	elsewhere := mustPolicy(t, testobj.Spec().Custom("", 2).Policy("billing", "fast"))                              // 1/1, other namespace
+	auditFast := mustPolicy(t, testobj.Spec().Custom("", 2).Mode(v1alpha1.ModeAudit).Policy("shop", "audit-fast"))  // 1/1, Audit
+	auditSlow := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAzureLB).Mode(v1alpha1.ModeAudit).Policy("shop", "audit-slow"))
 	cases := map[string]struct {
 		policies []Policy
 		want     string // the winner's reference, "" for none
 	}{
-		"none":                                     {nil, ""},
-		"only policies of other namespaces":        {[]Policy{elsewhere}, ""},
-		"single":                                   {[]Policy{nlb}, "KeepalivePolicy/shop/nlb"},
-		"smallest time wins":                       {[]Policy{nlb, alb}, "KeepalivePolicy/shop/alb"},
-		"same time, smallest interval wins":        {[]Policy{alb, albFast}, "KeepalivePolicy/shop/z-alb-fast"},
-		"same values, name decides":                {[]Policy{alb, albTwin}, "KeepalivePolicy/shop/a-alb"},
-		"same values and name, kind decides":       {[]Policy{alb, clusterALB}, "ClusterKeepalivePolicy/alb"},
-		"a faster policy elsewhere does not count": {[]Policy{nlb, elsewhere}, "KeepalivePolicy/shop/nlb"},
-		"all together":                             {[]Policy{nlb, alb, albFast, albTwin, clusterALB, elsewhere}, "KeepalivePolicy/shop/z-alb-fast"},
+		"none":                                        {nil, ""},
+		"only policies of other namespaces":           {[]Policy{elsewhere}, ""},
+		"single":                                      {[]Policy{nlb}, "KeepalivePolicy/shop/nlb"},
+		"smallest time wins":                          {[]Policy{nlb, alb}, "KeepalivePolicy/shop/alb"},
+		"same time, smallest interval wins":           {[]Policy{alb, albFast}, "KeepalivePolicy/shop/z-alb-fast"},
+		"same values, name decides":                   {[]Policy{alb, albTwin}, "KeepalivePolicy/shop/a-alb"},
+		"same values and name, kind decides":          {[]Policy{alb, clusterALB}, "ClusterKeepalivePolicy/alb"},
+		"a faster policy elsewhere does not count":    {[]Policy{nlb, elsewhere}, "KeepalivePolicy/shop/nlb"},
+		"all together":                                {[]Policy{nlb, alb, albFast, albTwin, clusterALB, elsewhere}, "KeepalivePolicy/shop/z-alb-fast"},
+		"an Enforce policy beats a faster Audit one":  {[]Policy{auditFast, nlb}, "KeepalivePolicy/shop/nlb"},
+		"among Audit policies the smallest time wins": {[]Policy{auditSlow, auditFast}, "KeepalivePolicy/shop/audit-fast"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			// The winner must not depend on the order of the input.
-			for _, order := range [][]Policy{tc.policies, reversed(tc.policies)} {
-				got, ok := Select(order, shop)
+			// The winner must not depend on the order of the input, nor on
+			// how it is split into lists.
+			half := len(tc.policies) / 2
+			for _, lists := range [][][]Policy{
+				{tc.policies}, {reversed(tc.policies)}, {tc.policies[:half], tc.policies[half:]},
+			} {
+				got, ok := Select(shop, lists...)
 				gotRef := ""
 				if ok {
 					gotRef = got.Ref.String()

@@ -2,6 +2,7 @@
 package testobj
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
@@ -87,3 +88,38 @@ func (w *SpecWrapper) ClusterPolicy(name string, nsLabels map[string]string) *v1
 	}
 	return p
 }
+
+// PodWrapper builds a Pod.
+type PodWrapper struct{ corev1.Pod }
+
+// MakePod starts a pod with one container.
+func MakePod(namespace, name string) *PodWrapper {
+	return &PodWrapper{corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}},
+	}}
+}
+
+// Labels sets labels.
+func (w *PodWrapper) Labels(l map[string]string) *PodWrapper { w.ObjectMeta.Labels = l; return w }
+
+// Sysctl adds a sysctl to the pod's securityContext.
+func (w *PodWrapper) Sysctl(name, value string) *PodWrapper {
+	if w.Spec.SecurityContext == nil {
+		w.Spec.SecurityContext = &corev1.PodSecurityContext{}
+	}
+	w.Spec.SecurityContext.Sysctls = append(w.Spec.SecurityContext.Sysctls, corev1.Sysctl{Name: name, Value: value})
+	return w
+}
+
+// HostNetwork puts the pod in the node's network namespace.
+func (w *PodWrapper) HostNetwork() *PodWrapper { w.Spec.HostNetwork = true; return w }
+
+// OS sets spec.os.name.
+func (w *PodWrapper) OS(name corev1.OSName) *PodWrapper {
+	w.Spec.OS = &corev1.PodOS{Name: name}
+	return w
+}
+
+// Obj returns the pod.
+func (w *PodWrapper) Obj() *corev1.Pod { return w.DeepCopy() }

@@ -1,0 +1,220 @@
+package keepalive
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+)
+
+// Labels and annotations the operator reads and writes.
+const (
+	// LabelInject set to InjectDisabled on a pod or a namespace opts it out.
+	LabelInject    = "keepalive.io/inject"
+	InjectDisabled = "disabled"
+	// AnnotationPolicy names the policy whose values a pod carries:
+	// Kind/namespace/name, or Kind/name for a cluster policy.
+	AnnotationPolicy = "keepalive.io/policy"
+	// AnnotationOriginalSysctls holds, as a JSON list of sysctls, the pod's
+	// own values that the operator replaced.
+	AnnotationOriginalSysctls = "keepalive.io/original-sysctls"
+)
+
+// Pod Security Admission labels of a namespace.
+const (
+	labelPSAEnforce        = "pod-security.kubernetes.io/enforce"
+	labelPSAEnforceVersion = "pod-security.kubernetes.io/enforce-version"
+)
+
+// FirstSafeMinor is the Kubernetes 1.x release from which the keepalive
+// sysctls are safe: kubelets accept them and Pod Security baseline and
+// restricted allow them.
+const FirstSafeMinor = 29
+
+// SystemNamespaces are never injected.
+var SystemNamespaces = []string{"kube-system", "kube-public", "kube-node-lease"}
+
+// SkipReason says why a pod is admitted unchanged. It is a metric label.
+type SkipReason string
+
+// The reasons to leave a pod alone, in the order they are checked.
+const (
+	SkipExcludedNamespace  SkipReason = "excluded-namespace"   // a system namespace or the operator's
+	SkipNamespaceOptOut    SkipReason = "namespace-opt-out"    // namespace labelled keepalive.io/inject=disabled
+	SkipPodOptOut          SkipReason = "pod-opt-out"          // pod labelled keepalive.io/inject=disabled
+	SkipNoPolicy           SkipReason = "no-policy"            // no policy selects the pod
+	SkipHostNetwork        SkipReason = "host-network"         // net.* sysctls are refused with hostNetwork
+	SkipWindows            SkipReason = "windows"              // Windows pods take no sysctls
+	SkipClusterVersion     SkipReason = "cluster-version"      // before 1.29 the kubelet would refuse the pod
+	SkipPodSecurityVersion SkipReason = "pod-security-version" // Pod Security would refuse the pod
+	SkipAudit              SkipReason = "audit"                // the policy only reports
+)
+
+// PodView is what admission needs to know of a pod.
+type PodView struct {
+	Labels      map[string]string
+	Annotations map[string]string
+	HostNetwork bool
+	OS          string
+	Sysctls     []corev1.Sysctl
+}
+
+// Namespace is a pod's namespace.
+type Namespace struct {
+	Name   string
+	Labels map[string]string
+}
+
+// Cluster is what admission needs to know of the cluster and the operator.
+type Cluster struct {
+	// Minor is the Kubernetes 1.x minor version of the API server.
+	Minor int
+	// UnsafeSysctlsAllowed says every kubelet allows the keepalive sysctls
+	// (--allowed-unsafe-sysctls), which matters before 1.29.
+	UnsafeSysctlsAllowed bool
+	// OperatorNamespace is never injected.
+	OperatorNamespace string
+}
+
+// Annotation is one annotation to set on the pod.
+type Annotation struct{ Key, Value string }
+
+// Decision is the outcome of admitting a pod.
+type Decision struct {
+	// Skip is empty when the policy applies.
+	Skip SkipReason
+	// Policy is the governing policy; nil for skips decided before
+	// selection.
+	Policy *Policy
+	// Sysctls is the pod's new sysctl list; nil when it stays as it is.
+	Sysctls []corev1.Sysctl
+	// Annotations are the annotations to set; the pod already has the others.
+	Annotations []Annotation
+	// Warnings are for the person who created the pod.
+	Warnings []string
+}
+
+// Changed reports whether the pod must be patched.
+func (d Decision) Changed() bool { return d.Sysctls != nil || len(d.Annotations) > 0 }
+
+// Decide admits a pod: it picks the governing policy among those given
+// (namespaced ones of the pod's namespace and cluster ones) and merges its
+// values into the pod's sysctls, or says why it leaves the pod alone.
+func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision {
+	if ns.Name == c.OperatorNamespace || isSystemNamespace(ns.Name) {
+		return Decision{Skip: SkipExcludedNamespace}
+	}
+	if ns.Labels[LabelInject] == InjectDisabled {
+		return Decision{Skip: SkipNamespaceOptOut}
+	}
+	if pod.Labels[LabelInject] == InjectDisabled {
+		return Decision{Skip: SkipPodOptOut}
+	}
+	p, ok := Select(Target{Namespace: ns.Name, Labels: pod.Labels, NamespaceLabels: ns.Labels}, policies...)
+	if !ok {
+		return Decision{Skip: SkipNoPolicy}
+	}
+	d := Decision{Policy: &p}
+	skip := func(r SkipReason, warning string) Decision {
+		d.Skip = r
+		d.Warnings = []string{"keepalive.io: " + p.Ref.String() + " not applied: " + warning}
+		return d
+	}
+	switch {
+	case pod.HostNetwork:
+		return skip(SkipHostNetwork, "a hostNetwork pod uses the node's keepalive sysctls")
+	case pod.OS == string(corev1.Windows):
+		return skip(SkipWindows, "Windows pods take no sysctls")
+	case c.Minor < FirstSafeMinor && !c.UnsafeSysctlsAllowed:
+		return skip(SkipClusterVersion, fmt.Sprintf(
+			"Kubernetes 1.%d treats the keepalive sysctls as unsafe; allow them on every kubelet and run the operator with --unsafe-sysctls-allowed", c.Minor))
+	}
+	if level, version, blocked := podSecurityBlocks(ns.Labels, c.Minor); blocked {
+		return skip(SkipPodSecurityVersion, fmt.Sprintf(
+			"Pod Security %q at version %s rejects the keepalive sysctls; set %s to v1.%d or later",
+			level, version, labelPSAEnforceVersion, FirstSafeMinor))
+	}
+
+	m := MergeSysctls(pod.Sysctls, p.Result.Values)
+	if p.Mode == v1alpha1.ModeAudit {
+		d.Skip = SkipAudit
+		if m.Changed {
+			d.Warnings = []string{"keepalive.io: " + p.Ref.String() + " (Audit) would set " + describe(p.Result.Values.Sysctls())}
+		}
+		return d
+	}
+	if m.Changed {
+		d.Sysctls = m.Sysctls
+	}
+	if pod.Annotations[AnnotationPolicy] != p.Ref.String() {
+		d.Annotations = append(d.Annotations, Annotation{AnnotationPolicy, p.Ref.String()})
+	}
+	if len(m.Replaced) > 0 {
+		raw, _ := json.Marshal(m.Replaced) // a []Sysctl of strings always marshals
+		d.Annotations = append(d.Annotations, Annotation{AnnotationOriginalSysctls, string(raw)})
+		d.Warnings = append(d.Warnings, "keepalive.io: "+p.Ref.String()+" replaced "+describe(m.Replaced)+
+			" with "+describe(replacements(m))+"; the originals are in annotation "+AnnotationOriginalSysctls)
+	}
+	return d
+}
+
+func isSystemNamespace(name string) bool {
+	for _, s := range SystemNamespaces {
+		if name == s {
+			return true
+		}
+	}
+	return false
+}
+
+// podSecurityBlocks reports whether the namespace's enforced Pod Security
+// level rejects the keepalive sysctls: baseline and restricted allow them
+// only from policy version v1.29. An absent, "latest" or unreadable version
+// is the cluster's own.
+func podSecurityBlocks(nsLabels map[string]string, clusterMinor int) (level, version string, blocked bool) {
+	level = nsLabels[labelPSAEnforce]
+	if level != "baseline" && level != "restricted" {
+		return "", "", false
+	}
+	version = nsLabels[labelPSAEnforceVersion]
+	minor := clusterMinor
+	if m, ok := parseMinor(version); ok {
+		minor = m
+	} else {
+		version = fmt.Sprintf("v1.%d (the cluster's)", clusterMinor)
+	}
+	return level, version, minor < FirstSafeMinor
+}
+
+// parseMinor reads the minor of a "v1.N" version.
+func parseMinor(v string) (int, bool) {
+	rest, ok := strings.CutPrefix(v, "v1.")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	return n, err == nil
+}
+
+// replacements returns the values that took the place of m.Replaced.
+func replacements(m Merge) []corev1.Sysctl {
+	out := make([]corev1.Sysctl, 0, len(m.Replaced))
+	for _, r := range m.Replaced {
+		if i := indexOf(m.Sysctls, r.Name); i >= 0 {
+			out = append(out, m.Sysctls[i])
+		}
+	}
+	return out
+}
+
+func describe(sysctls []corev1.Sysctl) string {
+	parts := make([]string, len(sysctls))
+	for i, s := range sysctls {
+		parts[i] = s.Name + "=" + s.Value
+	}
+	return strings.Join(parts, ", ")
+}

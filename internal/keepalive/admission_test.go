@@ -1,0 +1,167 @@
+package keepalive
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
+)
+
+func TestDecide(t *testing.T) {
+	nlb := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy("shop", "behind-nlb"))
+	audit := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).Mode(v1alpha1.ModeAudit).Policy("shop", "trial"))
+	everywhere := mustClusterPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAzureLB).ClusterPolicy("all", nil))
+	current := Cluster{Minor: 36, OperatorNamespace: "keepalive-system"}
+	old := Cluster{Minor: 28, OperatorNamespace: "keepalive-system"}
+	oldAllowed := Cluster{Minor: 28, UnsafeSysctlsAllowed: true, OperatorNamespace: "keepalive-system"}
+	shop := Namespace{Name: "shop"}
+	psa := func(level, version string) Namespace {
+		l := map[string]string{"pod-security.kubernetes.io/enforce": level}
+		if version != "" {
+			l["pod-security.kubernetes.io/enforce-version"] = version
+		}
+		return Namespace{Name: "shop", Labels: l}
+	}
+	nlbSysctls := sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9")
+	injected := Decision{
+		Policy:      &nlb,
+		Sysctls:     nlbSysctls,
+		Annotations: []Annotation{{AnnotationPolicy, "KeepalivePolicy/shop/behind-nlb"}},
+	}
+
+	cases := map[string]struct {
+		pod      PodView
+		ns       Namespace
+		cluster  Cluster
+		policies []Policy
+		want     Decision
+	}{
+		"kube-system is excluded": {
+			ns: Namespace{Name: "kube-system"}, cluster: current, policies: []Policy{everywhere},
+			want: Decision{Skip: SkipExcludedNamespace},
+		},
+		"the operator's namespace is excluded": {
+			ns: Namespace{Name: "keepalive-system"}, cluster: current, policies: []Policy{everywhere},
+			want: Decision{Skip: SkipExcludedNamespace},
+		},
+		"namespace opted out": {
+			ns: Namespace{Name: "shop", Labels: map[string]string{LabelInject: InjectDisabled}}, cluster: current, policies: []Policy{nlb},
+			want: Decision{Skip: SkipNamespaceOptOut},
+		},
+		"pod opted out": {
+			pod: PodView{Labels: map[string]string{LabelInject: InjectDisabled}}, ns: shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{Skip: SkipPodOptOut},
+		},
+		"no policy": {
+			ns: shop, cluster: current,
+			want: Decision{Skip: SkipNoPolicy},
+		},
+		"hostNetwork": {
+			pod: PodView{HostNetwork: true}, ns: shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{Skip: SkipHostNetwork, Policy: &nlb, Warnings: []string{
+				"keepalive.io: KeepalivePolicy/shop/behind-nlb not applied: a hostNetwork pod uses the node's keepalive sysctls"}},
+		},
+		"Windows": {
+			pod: PodView{OS: "windows"}, ns: shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{Skip: SkipWindows, Policy: &nlb, Warnings: []string{
+				"keepalive.io: KeepalivePolicy/shop/behind-nlb not applied: Windows pods take no sysctls"}},
+		},
+		"Linux pod named explicitly": {
+			pod: PodView{OS: "linux"}, ns: shop, cluster: current, policies: []Policy{nlb},
+			want: injected,
+		},
+		"cluster older than 1.29": {
+			ns: shop, cluster: old, policies: []Policy{nlb},
+			want: Decision{Skip: SkipClusterVersion, Policy: &nlb, Warnings: []string{
+				"keepalive.io: KeepalivePolicy/shop/behind-nlb not applied: Kubernetes 1.28 treats the keepalive sysctls as unsafe; allow them on every kubelet and run the operator with --unsafe-sysctls-allowed"}},
+		},
+		"cluster older than 1.29, unsafe sysctls allowed": {
+			ns: shop, cluster: oldAllowed, policies: []Policy{nlb},
+			want: injected,
+		},
+		"baseline at v1.28": {
+			ns: psa("baseline", "v1.28"), cluster: current, policies: []Policy{nlb},
+			want: Decision{Skip: SkipPodSecurityVersion, Policy: &nlb, Warnings: []string{
+				`keepalive.io: KeepalivePolicy/shop/behind-nlb not applied: Pod Security "baseline" at version v1.28 rejects the keepalive sysctls; set pod-security.kubernetes.io/enforce-version to v1.29 or later`}},
+		},
+		"restricted at v1.20": {
+			ns: psa("restricted", "v1.20"), cluster: current, policies: []Policy{nlb},
+			want: Decision{Skip: SkipPodSecurityVersion, Policy: &nlb, Warnings: []string{
+				`keepalive.io: KeepalivePolicy/shop/behind-nlb not applied: Pod Security "restricted" at version v1.20 rejects the keepalive sysctls; set pod-security.kubernetes.io/enforce-version to v1.29 or later`}},
+		},
+		"baseline at v1.29": {
+			ns: psa("baseline", "v1.29"), cluster: current, policies: []Policy{nlb},
+			want: injected,
+		},
+		"restricted at latest": {
+			ns: psa("restricted", "latest"), cluster: current, policies: []Policy{nlb},
+			want: injected,
+		},
+		"privileged at v1.28": {
+			ns: psa("privileged", "v1.28"), cluster: current, policies: []Policy{nlb},
+			want: injected,
+		},
+		"baseline without version on an old cluster that allows the sysctls": {
+			ns: psa("baseline", ""), cluster: oldAllowed, policies: []Policy{nlb},
+			want: Decision{Skip: SkipPodSecurityVersion, Policy: &nlb, Warnings: []string{
+				`keepalive.io: KeepalivePolicy/shop/behind-nlb not applied: Pod Security "baseline" at version v1.28 (the cluster's) rejects the keepalive sysctls; set pod-security.kubernetes.io/enforce-version to v1.29 or later`}},
+		},
+		"Audit": {
+			ns: shop, cluster: current, policies: []Policy{audit},
+			want: Decision{Skip: SkipAudit, Policy: &audit, Warnings: []string{
+				"keepalive.io: KeepalivePolicy/shop/trial (Audit) would set net.ipv4.tcp_keepalive_time=30, net.ipv4.tcp_keepalive_intvl=10, net.ipv4.tcp_keepalive_probes=9"}},
+		},
+		"Audit of a compliant pod says nothing": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "10", SysctlInterval, "5", SysctlProbes, "3")}, ns: shop, cluster: current, policies: []Policy{audit},
+			want: Decision{Skip: SkipAudit, Policy: &audit},
+		},
+		"Enforce wins over Audit": {
+			ns: shop, cluster: current, policies: []Policy{audit, nlb},
+			want: injected,
+		},
+		"cluster policy with namespaced one: the smaller time wins": {
+			ns: shop, cluster: current, policies: []Policy{everywhere, nlb},
+			want: Decision{
+				Policy:      &everywhere,
+				Sysctls:     sysctls(SysctlTime, "120", SysctlInterval, "30", SysctlProbes, "9"),
+				Annotations: []Annotation{{AnnotationPolicy, "ClusterKeepalivePolicy/all"}},
+			},
+		},
+		"user values: larger replaced and recorded, smaller kept": {
+			pod: PodView{Sysctls: sysctls("kernel.shm_rmid_forced", "1", SysctlTime, "7200", SysctlProbes, "5")},
+			ns:  shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{
+				Policy:  &nlb,
+				Sysctls: sysctls("kernel.shm_rmid_forced", "1", SysctlTime, "175", SysctlProbes, "5", SysctlInterval, "30"),
+				Annotations: []Annotation{
+					{AnnotationPolicy, "KeepalivePolicy/shop/behind-nlb"},
+					{AnnotationOriginalSysctls, `[{"name":"net.ipv4.tcp_keepalive_time","value":"7200"}]`},
+				},
+				Warnings: []string{"keepalive.io: KeepalivePolicy/shop/behind-nlb replaced net.ipv4.tcp_keepalive_time=7200 with net.ipv4.tcp_keepalive_time=175; the originals are in annotation keepalive.io/original-sysctls"},
+			},
+		},
+		"compliant pod without annotation gets the annotation only": {
+			pod: PodView{Sysctls: nlbSysctls}, ns: shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{Policy: &nlb, Annotations: []Annotation{{AnnotationPolicy, "KeepalivePolicy/shop/behind-nlb"}}},
+		},
+		"already injected: nothing to do": {
+			pod: PodView{Sysctls: nlbSysctls, Annotations: map[string]string{AnnotationPolicy: "KeepalivePolicy/shop/behind-nlb"}},
+			ns:  shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{Policy: &nlb},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			got := Decide(tc.pod, tc.ns, tc.cluster, tc.policies)
+			if diff := cmp.Diff(tc.want, got, cmp.AllowUnexported(Policy{}), cmpopts.IgnoreFields(Policy{}, "podSelector", "namespaceSelector")); diff != "" {
+				t.Errorf("decision (-want +got):\n%s", diff)
+			}
+			if got.Changed() != (tc.want.Sysctls != nil || len(tc.want.Annotations) > 0) {
+				t.Errorf("Changed() = %v", got.Changed())
+			}
+		})
+	}
+}
