@@ -47,9 +47,21 @@ lint: $(GOLANGCI_LINT) ## Run golangci-lint.
 envtest: ## Print the folder of the envtest binaries, building them the first time (minutes).
 	@hack/setup-envtest.sh
 
+# How long `make test` fuzzes the admission handler beyond its seed corpus.
+FUZZTIME ?= 30s
+
 .PHONY: test
-test: manifests generate fmt vet ## Run all tests, the envtest suites against a real kube-apiserver and etcd.
+test: manifests generate fmt vet ## Run all tests (envtest suites against a real kube-apiserver and etcd), then fuzz admission.
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" go test ./... -coverprofile cover.out
+	go test ./internal/webhook/ -run '^$$' -fuzz '^FuzzAdmission$$' -fuzztime $(FUZZTIME)
+
+.PHONY: bench
+bench: ## Benchmark pod admission against its baselines and print the ratios (BENCHMARKS.md).
+	go test ./internal/webhook/ -run '^$$' -bench '^BenchmarkAdmission$$' -benchmem -count 5 | tee bench.out
+	@awk '/^BenchmarkAdmission\// { split($$1, n, "[/-]"); ns[n[2]] += $$3; al[n[2]] += $$(NF-1); c[n[2]]++ } \
+	END { h = ns["handler"]/c["handler"]; f = ns["floor"]/c["floor"]; d = ns["defaulter"]/c["defaulter"]; \
+	printf "\nhandler %.0f ns/op, %.0f allocs/op\nfloor %.0f ns/op, %.0f allocs/op\ndefaulter %.0f ns/op, %.0f allocs/op\n", h, al["handler"]/c["handler"], f, al["floor"]/c["floor"], d, al["defaulter"]/c["defaulter"]; \
+	printf "handler / floor = %.2f (target <= 1.5)\ndefaulter / handler = %.1f (target >= 3)\n", h/f, d/h }' bench.out
 
 .PHONY: verify
 verify: manifests generate ## Fail when generated files, go.mod or formatting are out of date.

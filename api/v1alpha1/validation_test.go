@@ -53,7 +53,7 @@ var _ = Describe("the API server", func() {
 	It("reports a version from which the keepalive sysctls are safe", func() {
 		// A kube-apiserver built without version ldflags reports v0.0.0 and
 		// would look older than 1.29.
-		dc, err := discovery.NewDiscoveryClientForConfig(testEnv.Config)
+		dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
 		Expect(err).NotTo(HaveOccurred())
 		v, err := dc.ServerVersion()
 		Expect(err).NotTo(HaveOccurred())
@@ -140,7 +140,7 @@ spec:
   - preset: aws-nlb
     seconds: 30
 `
-		_, stderr, err := runKubectl(manifest, "apply", "-f", "-")
+		_, stderr, err := env.Kubectl(manifest, "apply", "-f", "-")
 		Expect(err).To(HaveOccurred())
 		Expect(stderr).To(ContainSubstring(`The KeepalivePolicy "bad" is invalid`))
 		Expect(stderr).To(ContainSubstring(`seconds for preset aws-nlb must be between 60 and 6000`))
@@ -160,14 +160,14 @@ spec:
 		}
 		Expect(k8sClient.Status().Update(ctx, p)).To(Succeed())
 
-		out, stderr, err := runKubectl("", "get", "kap", "-n", namespace, "columns")
+		out, stderr, err := env.Kubectl("", "get", "kap", "-n", namespace, "columns")
 		Expect(err).NotTo(HaveOccurred(), stderr)
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		Expect(lines).To(HaveLen(2))
 		Expect(strings.Fields(lines[0])).To(Equal([]string{"NAME", "TIME", "INTERVAL", "PROBES", "GOVERNING", "MATCHED", "COMPLIANT", "READY", "AGE"}))
 		Expect(strings.Fields(lines[1])[:8]).To(Equal([]string{"columns", "175", "30", "9", "aws-nlb", "12", "10", "True"}))
 
-		out, stderr, err = runKubectl("", "get", "kap", "-n", namespace, "columns", "-o", "wide")
+		out, stderr, err = env.Kubectl("", "get", "kap", "-n", namespace, "columns", "-o", "wide")
 		Expect(err).NotTo(HaveOccurred(), stderr)
 		Expect(strings.Fields(strings.SplitN(out, "\n", 2)[0])).To(ContainElements("MODE", "DETECTION", "GOVERNING-SECONDS"))
 		Expect(out).To(ContainSubstring("Enforce"))
@@ -176,7 +176,7 @@ spec:
 
 	It("knows the short names kap and ckap", func() {
 		for _, name := range []string{"kap", "ckap", "keepalive"} {
-			_, stderr, err := runKubectl("", "get", name, "-A")
+			_, stderr, err := env.Kubectl("", "get", name, "-A")
 			Expect(err).NotTo(HaveOccurred(), "kubectl get %s: %s", name, stderr)
 		}
 	})

@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -19,16 +17,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
 	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
 )
 
 var (
-	testEnv    *envtest.Environment
-	k8sClient  client.Client
-	kubeconfig string
+	env       *testenv.Env
+	k8sClient client.Client
 )
 
 func TestManager(t *testing.T) {
@@ -37,33 +34,15 @@ func TestManager(t *testing.T) {
 }
 
 var _ = BeforeSuite(func() {
-	Expect(os.Getenv("KUBEBUILDER_ASSETS")).NotTo(BeEmpty(),
-		"KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(hack/setup-envtest.sh)")
-	testEnv = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		WebhookInstallOptions: envtest.WebhookInstallOptions{
-			Paths: []string{filepath.Join("..", "..", "config", "webhook")},
-		},
-	}
-	cfg, err := testEnv.Start()
+	var err error
+	env, err = testenv.Start(true, nil, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
-	scheme, err := newScheme()
-	Expect(err).NotTo(HaveOccurred())
-	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme})
-	Expect(err).NotTo(HaveOccurred())
-
-	admin, err := testEnv.AddUser(envtest.User{Name: "operator", Groups: []string{"system:masters"}}, nil)
-	Expect(err).NotTo(HaveOccurred())
-	raw, err := admin.KubeConfig()
-	Expect(err).NotTo(HaveOccurred())
-	kubeconfig = filepath.Join(GinkgoT().TempDir(), "kubeconfig")
-	Expect(os.WriteFile(kubeconfig, raw, 0o600)).To(Succeed())
+	k8sClient = env.Client
 })
 
 var _ = AfterSuite(func() {
-	if testEnv != nil {
-		Expect(testEnv.Stop()).To(Succeed())
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
 	}
 })
 
@@ -79,11 +58,11 @@ func freeAddr() string {
 func start(args ...string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	wh := testEnv.WebhookInstallOptions
+	wh := env.WebhookInstallOptions
 	go func() {
 		defer GinkgoRecover()
 		done <- run(ctx, append([]string{
-			"--kubeconfig", kubeconfig,
+			"--kubeconfig", env.Kubeconfig,
 			"--webhook-cert-path", wh.LocalServingCertDir,
 			"--webhook-port", strconv.Itoa(wh.LocalServingPort),
 			"--operator-namespace", "keepalive-system",

@@ -121,7 +121,7 @@ func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision
 	d := Decision{Policy: &p}
 	skip := func(r SkipReason, warning string) Decision {
 		d.Skip = r
-		d.Warnings = []string{"keepalive.io: " + p.Ref.String() + " not applied: " + warning}
+		d.Warnings = []string{"keepalive.io: " + p.name + " not applied: " + warning}
 		return d
 	}
 	switch {
@@ -139,24 +139,24 @@ func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision
 			level, version, labelPSAEnforceVersion, FirstSafeMinor))
 	}
 
-	m := MergeSysctls(pod.Sysctls, p.Result.Values)
+	m := merge(pod.Sysctls, p.sysctls)
 	if p.Mode == v1alpha1.ModeAudit {
 		d.Skip = SkipAudit
 		if m.Changed {
-			d.Warnings = []string{"keepalive.io: " + p.Ref.String() + " (Audit) would set " + describe(p.Result.Values.Sysctls())}
+			d.Warnings = []string{"keepalive.io: " + p.name + " (Audit) would set " + describe(p.sysctls)}
 		}
 		return d
 	}
 	if m.Changed {
 		d.Sysctls = m.Sysctls
 	}
-	if pod.Annotations[AnnotationPolicy] != p.Ref.String() {
-		d.Annotations = append(d.Annotations, Annotation{AnnotationPolicy, p.Ref.String()})
+	if pod.Annotations[AnnotationPolicy] != p.name {
+		d.Annotations = append(d.Annotations, Annotation{AnnotationPolicy, p.name})
 	}
 	if len(m.Replaced) > 0 {
 		raw, _ := json.Marshal(m.Replaced) // a []Sysctl of strings always marshals
 		d.Annotations = append(d.Annotations, Annotation{AnnotationOriginalSysctls, string(raw)})
-		d.Warnings = append(d.Warnings, "keepalive.io: "+p.Ref.String()+" replaced "+describe(m.Replaced)+
+		d.Warnings = append(d.Warnings, "keepalive.io: "+p.name+" replaced "+describe(m.Replaced)+
 			" with "+describe(replacements(m))+"; the originals are in annotation "+AnnotationOriginalSysctls)
 	}
 	return d

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -41,6 +42,10 @@ type Policy struct {
 	// podSelector and namespaceSelector are nil when they select everything.
 	podSelector       labels.Selector
 	namespaceSelector labels.Selector
+	// name and sysctls are Ref.String() and Result.Values.Sysctls(), made
+	// once rather than for every pod.
+	name    string
+	sysctls []corev1.Sysctl
 }
 
 // NewPolicy parses and computes a KeepalivePolicy.
@@ -58,7 +63,7 @@ func newPolicy(ref Ref, spec v1alpha1.KeepalivePolicySpec, nsSel *metav1.LabelSe
 	if err != nil {
 		return Policy{}, err
 	}
-	pol := Policy{Ref: ref, Mode: spec.Mode, Result: res}
+	pol := Policy{Ref: ref, Mode: spec.Mode, Result: res, name: ref.String(), sysctls: res.Values.Sysctls()}
 	if pol.podSelector, err = selector(spec.PodSelector); err != nil {
 		return Policy{}, fmt.Errorf("podSelector: %w", err)
 	}

@@ -40,7 +40,10 @@ type Merge struct {
 // kept; any other value is replaced and reported in Replaced. Entries other
 // than the three keepalive sysctls are never touched.
 func MergeSysctls(existing []corev1.Sysctl, v Values) Merge {
-	want := v.Sysctls()
+	return merge(existing, v.Sysctls())
+}
+
+func merge(existing, want []corev1.Sysctl) Merge {
 	m := Merge{Sysctls: make([]corev1.Sysctl, 0, len(existing)+len(want))}
 	seen := make([]bool, len(want))
 	for _, s := range existing {

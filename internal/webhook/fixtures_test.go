@@ -218,6 +218,8 @@ func TestMalformedReviewsAreAllowed(t *testing.T) {
 		"not JSON":         {`{"apiVersion":`, "decode"},
 		"no request":       {`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`, "decode"},
 		"object not a pod": {`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE","object":{"spec":{"hostNetwork":"yes"}}}}`, "decode"},
+		"pod without spec": {`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE","object":{"metadata":{"name":"a"}}}}`, "not-a-pod"},
+		"capitalised spec": {`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE","object":{"metadata":{},"Spec":{}}}}`, "not-a-pod"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

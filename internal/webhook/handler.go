@@ -5,7 +5,7 @@ package webhook
 
 import (
 	"bytes"
-	"encoding/json"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,6 +16,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	kjson "sigs.k8s.io/json"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 )
@@ -27,13 +28,14 @@ const Path = "/mutate-v1-pod"
 // maxBodyBytes bounds a review: the API server limits objects to 3 MiB.
 const maxBodyBytes = 4 << 20
 
-// Handler answers AdmissionReviews for pods. It never denies a pod: whatever
-// goes wrong, the pod is allowed unchanged, and the error logged and counted.
+// Handler answers admission.k8s.io/v1 AdmissionReviews for pods. It never
+// denies a pod: whatever goes wrong, the pod is allowed unchanged, and the
+// error logged and counted.
 //
-// It decodes only the fields the decision reads, in one pass over the body,
-// and writes the patch itself; a typed decode of the whole pod and a diff of
-// the re-encoded object would cost several times as much on every pod
-// creation in the cluster (see BENCHMARKS.md).
+// Every pod creation in the cluster passes through it, so it decodes only the
+// fields the decision reads, in one pass over the body, and writes the patch
+// and the response itself: a typed decode of the whole pod and a diff of the
+// re-encoded object cost several times as much (see BENCHMARKS.md).
 type Handler struct {
 	Store *Store
 	// Cluster is what the decision needs of the cluster; it may change while
@@ -45,31 +47,26 @@ type Handler struct {
 	Log        logr.Logger
 }
 
-// review is the part of an admission.k8s.io/v1 AdmissionReview the handler
-// reads.
+// review is the part of an AdmissionReview the handler reads.
 type review struct {
-	APIVersion string         `json:"apiVersion"`
-	Kind       string         `json:"kind"`
-	Request    *reviewRequest `json:"request"`
+	Request struct {
+		UID       string `json:"uid"`
+		Namespace string `json:"namespace"`
+		Operation string `json:"operation"`
+		Object    pod    `json:"object"`
+	} `json:"request"`
 }
 
-type reviewRequest struct {
-	UID       string `json:"uid"`
-	Namespace string `json:"namespace"`
-	Operation string `json:"operation"`
-	Object    *pod   `json:"object"`
-}
-
+// pod is the part of a Pod the decision reads. Metadata and spec are
+// pointers to tell a pod from something else.
 type pod struct {
-	Metadata struct {
-		Name         string            `json:"name"`
-		GenerateName string            `json:"generateName"`
-		Labels       map[string]string `json:"labels"`
-		Annotations  map[string]string `json:"annotations"`
+	Metadata *struct {
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
-	Spec struct {
+	Spec *struct {
 		HostNetwork bool `json:"hostNetwork"`
-		OS          *struct {
+		OS          struct {
 			Name string `json:"name"`
 		} `json:"os"`
 		SecurityContext *struct {
@@ -78,78 +75,75 @@ type pod struct {
 	} `json:"spec"`
 }
 
-type reviewResponse struct {
-	APIVersion string         `json:"apiVersion"`
-	Kind       string         `json:"kind"`
-	Response   responseFields `json:"response"`
+// result is what goes back to the API server.
+type result struct {
+	uid      string
+	patch    []byte
+	warnings []string
 }
 
-type responseFields struct {
-	UID       string   `json:"uid"`
-	Allowed   bool     `json:"allowed"`
-	PatchType string   `json:"patchType,omitempty"`
-	Patch     []byte   `json:"patch,omitempty"`
-	Warnings  []string `json:"warnings,omitempty"`
+// buffers are reused across requests.
+type buffers struct {
+	body  bytes.Buffer
+	patch []byte
+	out   []byte
 }
 
-var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+var bufferPool = sync.Pool{New: func() any { return new(buffers) }}
+
+var jsonContentType = []string{"application/json"}
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	buf := buffers.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer buffers.Put(buf)
+	bufs := bufferPool.Get().(*buffers)
+	defer bufferPool.Put(bufs)
 
-	var rev review
-	resp := responseFields{Allowed: true}
-	outcome, reason := h.admit(r, buf, &rev, &resp)
+	res, outcome, reason := h.admit(w, r, bufs)
 	observe(outcome, reason, time.Since(start))
 
-	apiVersion := rev.APIVersion
-	if apiVersion == "" {
-		apiVersion = "admission.k8s.io/v1"
-	}
-	buf.Reset()
-	if err := json.NewEncoder(buf).Encode(reviewResponse{APIVersion: apiVersion, Kind: "AdmissionReview", Response: resp}); err != nil {
-		h.Log.Error(err, "encode admission response")
-		http.Error(w, "encode admission response", http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(buf.Bytes())
+	bufs.out = appendResponse(bufs.out[:0], res)
+	w.Header()["Content-Type"] = jsonContentType
+	_, _ = w.Write(bufs.out)
 }
 
-// admit fills resp for the review in r's body and returns the outcome and
+// admit decides on the review in r's body and returns the outcome and
 // reason for the metrics.
-func (h *Handler) admit(r *http.Request, buf *bytes.Buffer, rev *review, resp *responseFields) (outcome, reason string) {
+func (h *Handler) admit(w http.ResponseWriter, r *http.Request, bufs *buffers) (res result, outcome, reason string) {
 	defer func() {
 		if p := recover(); p != nil {
 			h.Log.Error(fmt.Errorf("%v", p), "admission panicked; pod allowed unchanged")
-			*resp = responseFields{UID: resp.UID, Allowed: true}
-			outcome, reason = outcomeError, "panic"
+			res, outcome, reason = result{uid: res.uid}, outcomeError, "panic"
 		}
 	}()
-	if _, err := buf.ReadFrom(http.MaxBytesReader(nil, r.Body, maxBodyBytes)); err != nil {
+	bufs.body.Reset()
+	if _, err := bufs.body.ReadFrom(http.MaxBytesReader(w, r.Body, maxBodyBytes)); err != nil {
 		h.Log.Error(err, "read admission review; pod allowed unchanged")
-		return outcomeError, "read"
+		return res, outcomeError, "read"
 	}
-	if err := json.Unmarshal(buf.Bytes(), rev); err != nil || rev.Request == nil {
-		h.Log.Error(errors.Join(err, errors.New("no request")), "decode admission review; pod allowed unchanged")
-		return outcomeError, "decode"
+	var rev review
+	// Case-sensitive like the API server: the patch's paths must name the
+	// very fields that were read.
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(bufs.body.Bytes(), &rev); err != nil || rev.Request.UID == "" {
+		h.Log.Error(errors.Join(err, errors.New("no request uid")), "decode admission review; pod allowed unchanged")
+		return res, outcomeError, "decode"
 	}
-	req := rev.Request
-	resp.UID = req.UID
-	if req.Operation != "CREATE" || req.Object == nil {
-		return outcomeSkipped, "not-a-create"
+	req := &rev.Request
+	res.uid = req.UID
+	if req.Operation != "CREATE" {
+		return res, outcomeSkipped, "not-a-create"
 	}
-	p := req.Object
+	p := &req.Object
+	if p.Metadata == nil || p.Spec == nil {
+		h.Log.Error(errors.New("object without metadata or spec"), "read pod; pod allowed unchanged", "uid", req.UID)
+		return res, outcomeError, "not-a-pod"
+	}
 
 	labels, known, namespaced, cluster := h.Store.Lookup(req.Namespace)
 	if !known {
 		ns := &corev1.Namespace{}
 		if err := h.Namespaces.Get(r.Context(), client.ObjectKey{Name: req.Namespace}, ns); err != nil {
 			h.Log.Error(err, "read namespace; pod allowed unchanged", "namespace", req.Namespace)
-			return outcomeError, "namespace"
+			return res, outcomeError, "namespace"
 		}
 		labels = ns.Labels
 	}
@@ -157,82 +151,143 @@ func (h *Handler) admit(r *http.Request, buf *bytes.Buffer, rev *review, resp *r
 		Labels:      p.Metadata.Labels,
 		Annotations: p.Metadata.Annotations,
 		HostNetwork: p.Spec.HostNetwork,
-	}
-	if p.Spec.OS != nil {
-		view.OS = p.Spec.OS.Name
+		OS:          p.Spec.OS.Name,
 	}
 	if p.Spec.SecurityContext != nil {
 		view.Sysctls = p.Spec.SecurityContext.Sysctls
 	}
 	d := keepalive.Decide(view, keepalive.Namespace{Name: req.Namespace, Labels: labels}, h.Cluster(), namespaced, cluster)
-	resp.Warnings = d.Warnings
+	res.warnings = d.Warnings
 
 	if log := h.Log.V(1); log.Enabled() {
-		log.Info("pod admitted", "namespace", req.Namespace, "pod", podName(p), "policy", policyName(d), "skip", string(d.Skip), "changed", d.Changed())
+		policy := ""
+		if d.Policy != nil {
+			policy = d.Policy.Ref.String()
+		}
+		log.Info("pod admitted", "namespace", req.Namespace, "uid", req.UID, "policy", policy, "skip", string(d.Skip), "changed", d.Changed())
 	}
 	switch {
 	case d.Skip != "":
-		return outcomeSkipped, string(d.Skip)
+		return res, outcomeSkipped, string(d.Skip)
 	case !d.Changed():
-		return outcomeCompliant, ""
+		return res, outcomeCompliant, ""
 	}
-	patch, err := buildPatch(p, d)
-	if err != nil {
-		h.Log.Error(err, "build patch; pod allowed unchanged")
-		return outcomeError, "patch"
-	}
-	resp.PatchType = "JSONPatch"
-	resp.Patch = patch
-	return outcomeInjected, ""
+	bufs.patch = appendPatch(bufs.patch[:0], p, d)
+	res.patch = bufs.patch
+	return res, outcomeInjected, ""
 }
 
-func podName(p *pod) string {
-	if p.Metadata.Name != "" {
-		return p.Metadata.Name
-	}
-	return p.Metadata.GenerateName + "*"
-}
-
-func policyName(d keepalive.Decision) string {
-	if d.Policy == nil {
-		return ""
-	}
-	return d.Policy.Ref.String()
-}
-
-// buildPatch returns the JSON patch that applies d to p: the annotations
-// (the whole map when the pod has none), and the sysctls (the whole
+// appendPatch appends the JSON patch that applies d to p: the annotations
+// (the whole map when the pod has none), then the sysctls (the whole
 // securityContext when the pod has none; the list is atomic, so it is set
 // whole).
-func buildPatch(p *pod, d keepalive.Decision) ([]byte, error) {
-	type op struct {
-		Op    string `json:"op"`
-		Path  string `json:"path"`
-		Value any    `json:"value"`
-	}
-	ops := make([]op, 0, 3)
+func appendPatch(b []byte, p *pod, d keepalive.Decision) []byte {
+	b = append(b, '[')
 	if len(d.Annotations) > 0 {
 		if p.Metadata.Annotations == nil {
-			m := make(map[string]string, len(d.Annotations))
-			for _, a := range d.Annotations {
-				m[a.Key] = a.Value
+			b = append(b, `{"op":"add","path":"/metadata/annotations","value":{`...)
+			for i, a := range d.Annotations {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = appendString(b, a.Key)
+				b = append(b, ':')
+				b = appendString(b, a.Value)
 			}
-			ops = append(ops, op{"add", "/metadata/annotations", m})
+			b = append(b, "}},"...)
 		} else {
 			for _, a := range d.Annotations {
-				ops = append(ops, op{"add", "/metadata/annotations/" + pointerEscaper.Replace(a.Key), a.Value})
+				b = append(b, `{"op":"add","path":`...)
+				b = appendString(b, "/metadata/annotations/"+pointerEscaper.Replace(a.Key))
+				b = append(b, `,"value":`...)
+				b = appendString(b, a.Value)
+				b = append(b, "},"...)
 			}
 		}
 	}
 	if d.Sysctls != nil {
 		if p.Spec.SecurityContext == nil {
-			ops = append(ops, op{"add", "/spec/securityContext", map[string][]corev1.Sysctl{"sysctls": d.Sysctls}})
+			b = append(b, `{"op":"add","path":"/spec/securityContext","value":{"sysctls":`...)
+			b = appendSysctls(b, d.Sysctls)
+			b = append(b, "}},"...)
 		} else {
-			ops = append(ops, op{"add", "/spec/securityContext/sysctls", d.Sysctls})
+			b = append(b, `{"op":"add","path":"/spec/securityContext/sysctls","value":`...)
+			b = appendSysctls(b, d.Sysctls)
+			b = append(b, "},"...)
 		}
 	}
-	return json.Marshal(ops)
+	b[len(b)-1] = ']' // the last comma
+	return b
+}
+
+func appendSysctls(b []byte, sysctls []corev1.Sysctl) []byte {
+	b = append(b, '[')
+	for i, s := range sysctls {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"name":`...)
+		b = appendString(b, s.Name)
+		b = append(b, `,"value":`...)
+		b = appendString(b, s.Value)
+		b = append(b, '}')
+	}
+	return append(b, ']')
 }
 
 // pointerEscaper escapes a JSON Pointer reference token (RFC 6901).
 var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
+
+// appendResponse appends the AdmissionReview that answers with res.
+func appendResponse(b []byte, res result) []byte {
+	b = append(b, `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":`...)
+	b = appendString(b, res.uid)
+	b = append(b, `,"allowed":true`...)
+	if res.patch != nil {
+		b = append(b, `,"patchType":"JSONPatch","patch":"`...)
+		b = base64.StdEncoding.AppendEncode(b, res.patch)
+		b = append(b, '"')
+	}
+	if len(res.warnings) > 0 {
+		b = append(b, `,"warnings":[`...)
+		for i, w := range res.warnings {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, w)
+		}
+		b = append(b, ']')
+	}
+	return append(b, "}}\n"...)
+}
+
+// appendString appends s as a JSON string. s is valid UTF-8 (it was decoded
+// from JSON or written by the operator), so only quotes, backslashes and
+// control characters need escaping.
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}

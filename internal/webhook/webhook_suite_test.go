@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -15,19 +13,16 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
-	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
 )
 
 // The suite runs the webhook in a manager against a real kube-apiserver,
@@ -36,8 +31,7 @@ import (
 // server's own.
 
 var (
-	testEnv   *envtest.Environment
-	scheme    *runtime.Scheme
+	env       *testenv.Env
 	k8sClient client.Client
 	warnings  = &warningRecorder{}
 	// stopManager stops the running manager and waits for it.
@@ -74,37 +68,19 @@ func (w *warningRecorder) take() []string {
 
 var _ = BeforeSuite(func() {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
-	Expect(os.Getenv("KUBEBUILDER_ASSETS")).NotTo(BeEmpty(),
-		"KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(hack/setup-envtest.sh)")
-
-	scheme = runtime.NewScheme()
-	Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
-	Expect(v1alpha1.AddToScheme(scheme)).To(Succeed())
-
-	testEnv = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		WebhookInstallOptions: envtest.WebhookInstallOptions{
-			Paths: []string{filepath.Join("..", "..", "config", "webhook")},
-		},
-	}
-	cfg, err := testEnv.Start()
+	var err error
+	env, err = testenv.Start(true, warnings, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
-
-	withWarnings := rest.CopyConfig(cfg)
-	withWarnings.WarningHandler = warnings
-	k8sClient, err = client.New(withWarnings, client.Options{Scheme: scheme})
-	Expect(err).NotTo(HaveOccurred())
-
-	stopManager, store = startManager(cfg)
+	k8sClient = env.Client
+	stopManager, store = startManager(env.Config)
 })
 
 var _ = AfterSuite(func() {
 	if stopManager != nil {
 		stopManager()
 	}
-	if testEnv != nil {
-		Expect(testEnv.Stop()).To(Succeed())
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
 	}
 })
 
@@ -112,9 +88,9 @@ var _ = AfterSuite(func() {
 // serving where the webhook configuration points, and waits until it
 // answers.
 func startManager(cfg *rest.Config) (stop func(), s *Store) {
-	opts := testEnv.WebhookInstallOptions
+	opts := env.WebhookInstallOptions
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
+		Scheme:                 env.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Cache:                  cache.Options{DefaultTransform: cache.TransformStripManagedFields()},

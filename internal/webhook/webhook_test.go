@@ -190,6 +190,17 @@ var _ = Describe("the pod webhook", func() {
 			"keepalive.io: KeepalivePolicy/" + ns + "/trial (Audit) would set net.ipv4.tcp_keepalive_time=120, net.ipv4.tcp_keepalive_intvl=30, net.ipv4.tcp_keepalive_probes=9"))
 	})
 
+	It("shows its warnings in kubectl", func() {
+		ns := newNamespace(nil)
+		createPolicy(testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns, "nlb"))
+		manifest := `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"api","namespace":"` + ns + `"},
+			"spec":{"securityContext":{"sysctls":[{"name":"net.ipv4.tcp_keepalive_time","value":"7200"}]},"containers":[{"name":"api","image":"api:1"}]}}`
+		stdout, stderr, err := env.Kubectl(manifest, "apply", "-f", "-")
+		Expect(err).NotTo(HaveOccurred(), stderr)
+		Expect(stdout).To(Equal("pod/api created\n"))
+		Expect(stderr).To(Equal("Warning: keepalive.io: KeepalivePolicy/" + ns + "/nlb replaced net.ipv4.tcp_keepalive_time=7200 with net.ipv4.tcp_keepalive_time=175; the originals are in annotation keepalive.io/original-sysctls\n"))
+	})
+
 	It("mutates a server-side dry-run create the same way", func() {
 		ns := newNamespace(nil)
 		createPolicy(testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns, "nlb"))
@@ -213,7 +224,7 @@ var _ = Describe("with the webhook server stopped", Serial, func() {
 		ns := newNamespace(nil)
 		createPolicy(testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns, "nlb"))
 		stopManager()
-		DeferCleanup(func() { stopManager, store = startManager(testEnv.Config) })
+		DeferCleanup(func() { stopManager, store = startManager(env.Config) })
 
 		pod := createPod(testobj.MakePod(ns, "app").Obj())
 		Expect(sysctlsOf(pod)).To(BeEmpty())
