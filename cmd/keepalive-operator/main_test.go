@@ -2,11 +2,20 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -128,6 +137,52 @@ var _ = Describe("the manager", func() {
 		}, 30*time.Second).Should(Succeed())
 		Expect(lease.Spec.HolderIdentity).NotTo(BeNil())
 	})
+})
+
+// writeCert writes a self-signed certificate for 127.0.0.1 named cn into dir
+// as tls.crt and tls.key.
+func writeCert(dir, cn string) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	Expect(err).NotTo(HaveOccurred())
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	Expect(err).NotTo(HaveOccurred())
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(os.WriteFile(filepath.Join(dir, "tls.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)).To(Succeed())
+	Expect(os.WriteFile(filepath.Join(dir, "tls.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)).To(Succeed())
+}
+
+// servedCN returns the common name of the certificate served at addr.
+func servedCN(addr string) string {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return ""
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+}
+
+var _ = It("reloads the webhook certificate when its files change", func() {
+	dir := GinkgoT().TempDir()
+	writeCert(dir, "first")
+	_, port, err := net.SplitHostPort(freeAddr())
+	Expect(err).NotTo(HaveOccurred())
+	// The later flags override start's.
+	start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0",
+		"--webhook-cert-path", dir, "--webhook-port", port)
+	addr := net.JoinHostPort("127.0.0.1", port)
+	Eventually(servedCN).WithArguments(addr).WithTimeout(20 * time.Second).Should(Equal("first"))
+	writeCert(dir, "second")
+	Eventually(servedCN).WithArguments(addr).WithTimeout(30 * time.Second).Should(Equal("second"))
 })
 
 var _ = DescribeTable("flag errors",

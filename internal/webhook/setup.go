@@ -29,6 +29,10 @@ type Options struct {
 	VersionRefresh time.Duration
 }
 
+// Admission reads policies and namespaces from the cache.
+// +kubebuilder:rbac:groups=keepalive.io,resources=keepalivepolicies;clusterkeepalivepolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+
 // Setup registers the pod webhook on the manager's webhook server (every
 // replica serves it, leader or not) with its store, and a readiness check
 // that passes once the server listens and the store has synced. It returns
