@@ -123,8 +123,12 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, bufs *buffers) (
 	var rev review
 	// Case-sensitive like the API server: the patch's paths must name the
 	// very fields that were read.
-	if err := kjson.UnmarshalCaseSensitivePreserveInts(bufs.body.Bytes(), &rev); err != nil || rev.Request.UID == "" {
-		h.Log.Error(errors.Join(err, errors.New("no request uid")), "decode admission review; pod allowed unchanged")
+	err := kjson.UnmarshalCaseSensitivePreserveInts(bufs.body.Bytes(), &rev)
+	if err == nil && rev.Request.UID == "" {
+		err = errors.New("no request uid")
+	}
+	if err != nil {
+		h.Log.Error(err, "decode admission review; pod allowed unchanged")
 		return res, outcomeError, "decode"
 	}
 	req := &rev.Request
