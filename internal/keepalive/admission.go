@@ -119,24 +119,10 @@ func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision
 		return Decision{Skip: SkipNoPolicy}
 	}
 	d := Decision{Policy: &p}
-	skip := func(r SkipReason, warning string) Decision {
-		d.Skip = r
-		d.Warnings = []string{"keepalive.io: " + p.name + " not applied: " + warning}
+	if reason, why := blocked(pod, ns, c); reason != "" {
+		d.Skip = reason
+		d.Warnings = []string{"keepalive.io: " + p.name + " not applied: " + why}
 		return d
-	}
-	switch {
-	case pod.HostNetwork:
-		return skip(SkipHostNetwork, "a hostNetwork pod uses the node's keepalive sysctls")
-	case pod.OS == string(corev1.Windows):
-		return skip(SkipWindows, "Windows pods take no sysctls")
-	case c.Minor < FirstSafeMinor && !c.UnsafeSysctlsAllowed:
-		return skip(SkipClusterVersion, fmt.Sprintf(
-			"Kubernetes 1.%d treats the keepalive sysctls as unsafe; allow them on every kubelet and run the operator with --unsafe-sysctls-allowed", c.Minor))
-	}
-	if level, version, blocked := podSecurityBlocks(ns.Labels, c.Minor); blocked {
-		return skip(SkipPodSecurityVersion, fmt.Sprintf(
-			"Pod Security %q at version %s rejects the keepalive sysctls; set %s to v1.%d or later",
-			level, version, labelPSAEnforceVersion, FirstSafeMinor))
 	}
 
 	m := merge(pod.Sysctls, p.sysctls)
@@ -160,6 +146,26 @@ func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision
 			" with "+describe(replacements(m))+"; the originals are in annotation "+AnnotationOriginalSysctls)
 	}
 	return d
+}
+
+// blocked says why a pod selected by a policy cannot take the sysctls, or
+// returns "" when it can.
+func blocked(pod PodView, ns Namespace, c Cluster) (SkipReason, string) {
+	switch {
+	case pod.HostNetwork:
+		return SkipHostNetwork, "a hostNetwork pod uses the node's keepalive sysctls"
+	case pod.OS == string(corev1.Windows):
+		return SkipWindows, "Windows pods take no sysctls"
+	case c.Minor < FirstSafeMinor && !c.UnsafeSysctlsAllowed:
+		return SkipClusterVersion, fmt.Sprintf(
+			"Kubernetes 1.%d treats the keepalive sysctls as unsafe; allow them on every kubelet and run the operator with --unsafe-sysctls-allowed", c.Minor)
+	}
+	if level, version, blocks := podSecurityBlocks(ns.Labels, c.Minor); blocks {
+		return SkipPodSecurityVersion, fmt.Sprintf(
+			"Pod Security %q at version %s rejects the keepalive sysctls; set %s to v1.%d or later",
+			level, version, labelPSAEnforceVersion, FirstSafeMinor)
+	}
+	return "", ""
 }
 
 func isSystemNamespace(name string) bool {
