@@ -23,6 +23,7 @@ import (
 	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/controller"
 	"github.com/keepalive-operator/keepalive-operator/internal/webhook"
 )
 
@@ -45,6 +46,7 @@ type options struct {
 	webhookPort      int
 	unsafeSysctls    bool
 	operatorNS       string
+	maxRollouts      int
 	zap              zap.Options
 }
 
@@ -62,12 +64,16 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.webhookPort, "webhook-port", ctrlwebhook.DefaultPort, "Port the webhook server listens on.")
 	fs.BoolVar(&o.unsafeSysctls, "unsafe-sysctls-allowed", false, "Every kubelet allows the keepalive sysctls (--allowed-unsafe-sysctls): inject them even on clusters older than Kubernetes 1.29.")
 	fs.StringVar(&o.operatorNS, "operator-namespace", operatorNamespace(), "The operator's own namespace, never injected (default: POD_NAMESPACE, else the service account's namespace).")
+	fs.IntVar(&o.maxRollouts, "max-concurrent-rollouts", 5, "How many workloads may roll out a template change of the operator at once, across the cluster.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if o.maxRollouts < 1 {
+		return o, fmt.Errorf("--max-concurrent-rollouts must be at least 1, is %d", o.maxRollouts)
 	}
 	if o.webhookPort < 1 || o.webhookPort > 65535 {
 		return o, fmt.Errorf("--webhook-port must be between 1 and 65535, is %d", o.webhookPort)
@@ -111,9 +117,8 @@ func run(ctx context.Context, args []string) error {
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,
-		// Admission reads namespace labels and policies from the cache;
-		// managed fields are never read.
-		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		// The cache keeps only what the webhook and reconcilers read.
+		Cache:                   cache.Options{DefaultTransform: controller.StripForCache},
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
 		LeaderElection:          o.leaderElect,
@@ -130,11 +135,18 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	if _, err := webhook.Setup(ctx, mgr, webhook.Options{
+	admission, err := webhook.Setup(ctx, mgr, webhook.Options{
 		UnsafeSysctlsAllowed: o.unsafeSysctls,
 		OperatorNamespace:    o.operatorNS,
-	}); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("set up the pod webhook: %w", err)
+	}
+	if err := controller.Setup(mgr, controller.Options{
+		Cluster:               admission.Cluster,
+		MaxConcurrentRollouts: o.maxRollouts,
+	}); err != nil {
+		return fmt.Errorf("set up the reconcilers: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add health check: %w", err)

@@ -3,6 +3,7 @@ package keepalive
 import (
 	"cmp"
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -135,4 +136,16 @@ func auditRank(m v1alpha1.Mode) int {
 		return 1
 	}
 	return 0
+}
+
+// ParseRef reads a reference written by Ref.String.
+func ParseRef(s string) (Ref, error) {
+	parts := strings.Split(s, "/")
+	switch {
+	case len(parts) == 3 && parts[0] == KindKeepalivePolicy && parts[1] != "" && parts[2] != "":
+		return Ref{Kind: parts[0], Namespace: parts[1], Name: parts[2]}, nil
+	case len(parts) == 2 && parts[0] == KindClusterKeepalivePolicy && parts[1] != "":
+		return Ref{Kind: parts[0], Name: parts[1]}, nil
+	}
+	return Ref{}, fmt.Errorf("not a policy reference: %q", s)
 }

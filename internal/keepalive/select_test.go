@@ -25,7 +25,16 @@ func TestRefString(t *testing.T) {
 			if got := tc.ref.String(); got != tc.want {
 				t.Errorf("String() = %q, want %q", got, tc.want)
 			}
+			back, err := ParseRef(tc.want)
+			if err != nil || back != tc.ref {
+				t.Errorf("ParseRef(%q) = %v, %v; want %v", tc.want, back, err, tc.ref)
+			}
 		})
+	}
+	for _, bad := range []string{"", "KeepalivePolicy/x", "ClusterKeepalivePolicy/a/b", "Pod/shop/x", "KeepalivePolicy//x"} {
+		if _, err := ParseRef(bad); err == nil {
+			t.Errorf("ParseRef(%q) accepted a bad reference", bad)
+		}
 	}
 }
 

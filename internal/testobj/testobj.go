@@ -4,6 +4,7 @@ package testobj
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 )
@@ -123,3 +124,16 @@ func (w *PodWrapper) OS(name corev1.OSName) *PodWrapper {
 
 // Obj returns the pod.
 func (w *PodWrapper) Obj() *corev1.Pod { return w.DeepCopy() }
+
+// Owner makes obj the pod's controller.
+func (w *PodWrapper) Owner(obj metav1.Object, apiVersion, kind string) *PodWrapper {
+	w.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(obj, schemaGVK(apiVersion, kind))}
+	return w
+}
+
+// Node puts the pod on a node.
+func (w *PodWrapper) Node(name string) *PodWrapper { w.Spec.NodeName = name; return w }
+
+func schemaGVK(apiVersion, kind string) schema.GroupVersionKind {
+	return schema.FromAPIVersionAndKind(apiVersion, kind)
+}

@@ -36,8 +36,8 @@ type Options struct {
 // Setup registers the pod webhook on the manager's webhook server (every
 // replica serves it, leader or not) with its store, and a readiness check
 // that passes once the server listens and the store has synced. It returns
-// the store.
-func Setup(ctx context.Context, mgr manager.Manager, opts Options) (*Store, error) {
+// the handler, whose Cluster the reconcilers share.
+func Setup(ctx context.Context, mgr manager.Manager, opts Options) (*Handler, error) {
 	log := ctrl.Log.WithName("webhook")
 	dc, err := discovery.NewDiscoveryClientForConfig(mgr.GetConfig())
 	if err != nil {
@@ -84,7 +84,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) (*Store, erro
 	if refresh == 0 {
 		refresh = 10 * time.Minute
 	}
-	return store, mgr.Add(everyReplica(func(ctx context.Context) error {
+	return h, mgr.Add(everyReplica(func(ctx context.Context) error {
 		t := time.NewTicker(refresh)
 		defer t.Stop()
 		for {

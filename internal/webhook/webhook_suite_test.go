@@ -100,8 +100,9 @@ func startManager(cfg *rest.Config) (stop func(), s *Store) {
 	})
 	Expect(err).NotTo(HaveOccurred())
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err = Setup(ctx, mgr, Options{OperatorNamespace: operatorNamespace})
+	h, err := Setup(ctx, mgr, Options{OperatorNamespace: operatorNamespace})
 	Expect(err).NotTo(HaveOccurred())
+	s = h.Store
 	done := make(chan error, 1)
 	go func() {
 		defer GinkgoRecover()

@@ -1,0 +1,132 @@
+package controller
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
+)
+
+// Condition types and reasons of a policy's status.
+const (
+	ConditionReady         = "Ready"
+	ConditionL7ProxyInPath = "L7ProxyInPath"
+	ConditionPodsBlocked   = "PodsBlocked"
+
+	ReasonApplied           = "Applied"
+	ReasonInvalidSpec       = "InvalidSpec"
+	ReasonRolloutInProgress = "RolloutInProgress"
+	ReasonAuditOnly         = "AuditOnly"
+	ReasonRolloutDisabled   = "RolloutDisabled"
+	ReasonL7Proxy           = "KeepaliveDoesNotResetProxyTimer"
+	ReasonNoL7Proxy         = "NoL7Proxy"
+	ReasonBlocked           = "PodsCannotTakeSysctls"
+	ReasonNoneBlocked       = "NoneBlocked"
+)
+
+// survey is what a pass found among the pods a policy selects.
+type survey struct {
+	counts v1alpha1.PodCounts
+	// blocked counts skipped pods by the cause in their way.
+	blocked map[keepalive.SkipReason]int32
+	// blockedNamespaces and blockedNodes name where Pod Security and old
+	// kubelets or kernels block pods.
+	blockedNamespaces map[string]bool
+	blockedNodes      map[string]bool
+	// staleWorkloads own stale pods and have a template to patch.
+	staleWorkloads map[workloadKey]bool
+	// unpatchable counts stale pods of Jobs, bare pods and pods of other
+	// controllers: they get the values only when created anew.
+	unpatchable int32
+}
+
+// rollout is what a pass did to the workloads.
+type rollout struct {
+	patched int32 // templates that carry the values
+	rolling int32 // of those, still rolling out
+	pending int32 // waiting for a rollout slot
+}
+
+// readyCondition says whether the policy is in force.
+func readyCondition(spec *v1alpha1.KeepalivePolicySpec, s survey, w rollout) metav1.Condition {
+	c := metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue}
+	switch {
+	case spec.Mode == v1alpha1.ModeAudit:
+		c.Reason = ReasonAuditOnly
+		c.Message = fmt.Sprintf("Audit mode: values computed, nothing changed; %d of %d pods would need them", s.counts.Stale, s.counts.Matched)
+	case w.pending > 0 || w.rolling > 0:
+		c.Status, c.Reason = metav1.ConditionFalse, ReasonRolloutInProgress
+		c.Message = fmt.Sprintf("%d workloads rolling out, %d waiting for a rollout slot", w.rolling, w.pending)
+	case spec.Rollout == v1alpha1.RolloutNone:
+		c.Reason = ReasonRolloutDisabled
+		c.Message = fmt.Sprintf("rollout: None: new pods get the values; %d running pods keep older ones until their workloads roll", s.counts.Stale)
+	default:
+		c.Reason = ReasonApplied
+		c.Message = fmt.Sprintf("%d of %d pods compliant, %d workload templates carry the values", s.counts.Compliant, s.counts.Matched, w.patched)
+		if s.unpatchable > 0 {
+			c.Message += fmt.Sprintf("; %d stale pods belong to Jobs or no workload and get the values when created anew", s.unpatchable)
+		}
+	}
+	return c
+}
+
+// invalidCondition is Ready for a spec that does not compute.
+func invalidCondition(err error) metav1.Condition {
+	return metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonInvalidSpec, Message: err.Error()}
+}
+
+// l7Condition warns of layer-7 proxies, whose idle timers keepalive probes
+// do not reset.
+func l7Condition(res keepalive.Result) metav1.Condition {
+	if len(res.L7Hops) == 0 {
+		return metav1.Condition{Type: ConditionL7ProxyInPath, Status: metav1.ConditionFalse, Reason: ReasonNoL7Proxy,
+			Message: "every hop tracks TCP segments: keepalive probes reset their idle timers"}
+	}
+	names := make([]string, len(res.L7Hops))
+	for i, h := range res.L7Hops {
+		names[i] = fmt.Sprintf("%s (%d s)", h.Name, h.Seconds)
+	}
+	return metav1.Condition{Type: ConditionL7ProxyInPath, Status: metav1.ConditionTrue, Reason: ReasonL7Proxy,
+		Message: strings.Join(names, ", ") + ": an HTTP proxy counts only application data, so TCP keepalive probes keep the pod's connection " +
+			"and the layer-4 hops alive but do not reset the proxy's idle timer. Keep the HTTP keep-alive timeout of the servers behind it " +
+			"above the proxy's idle timeout, and send application-level heartbeats on connections that idle longer"}
+}
+
+// blockedCauses describes each cause for PodsBlocked.
+var blockedCauses = map[keepalive.SkipReason]string{
+	keepalive.SkipHostNetwork:        "hostNetwork",
+	keepalive.SkipWindows:            "Windows",
+	keepalive.SkipPodSecurityVersion: "Pod Security enforce-version older than v1.29",
+	keepalive.SkipNodeKubelet:        "kubelet older than 1.29",
+	keepalive.SkipNodeKernel:         "kernel older than 4.5",
+	keepalive.SkipClusterVersion:     "cluster older than 1.29 without --unsafe-sysctls-allowed",
+}
+
+// podsBlockedCondition counts the pods that cannot take the values, by cause.
+func podsBlockedCondition(s survey) metav1.Condition {
+	var total int32
+	var parts []string
+	for _, reason := range slices.Sorted(maps.Keys(s.blocked)) {
+		n := s.blocked[reason]
+		total += n
+		part := fmt.Sprintf("%d %s", n, blockedCauses[reason])
+		switch reason {
+		case keepalive.SkipPodSecurityVersion:
+			part += " (namespaces " + strings.Join(slices.Sorted(maps.Keys(s.blockedNamespaces)), ", ") + ")"
+		case keepalive.SkipNodeKubelet, keepalive.SkipNodeKernel:
+			part += " (nodes " + strings.Join(slices.Sorted(maps.Keys(s.blockedNodes)), ", ") + ")"
+		}
+		parts = append(parts, part)
+	}
+	if total == 0 {
+		return metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionFalse, Reason: ReasonNoneBlocked,
+			Message: "no selected pod is kept from the values"}
+	}
+	return metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked,
+		Message: fmt.Sprintf("%d pods cannot take the keepalive sysctls: %s", total, strings.Join(parts, "; "))}
+}

@@ -1,0 +1,162 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// workloadKey names a workload.
+type workloadKey struct {
+	Kind      string
+	Namespace string
+	Name      string
+}
+
+func (k workloadKey) String() string { return k.Kind + "/" + k.Namespace + "/" + k.Name }
+
+// The workload kinds whose pod templates the operator patches.
+const (
+	kindDeployment  = "Deployment"
+	kindStatefulSet = "StatefulSet"
+	kindDaemonSet   = "DaemonSet"
+	kindReplicaSet  = "ReplicaSet"
+	kindCronJob     = "CronJob"
+	kindJob         = "Job"
+)
+
+// patchableKinds are listed when looking for the templates a policy patched.
+var patchableKinds = []string{kindDeployment, kindStatefulSet, kindDaemonSet, kindReplicaSet, kindCronJob}
+
+func newWorkload(kind string) client.Object {
+	switch kind {
+	case kindDeployment:
+		return &appsv1.Deployment{}
+	case kindStatefulSet:
+		return &appsv1.StatefulSet{}
+	case kindDaemonSet:
+		return &appsv1.DaemonSet{}
+	case kindReplicaSet:
+		return &appsv1.ReplicaSet{}
+	case kindCronJob:
+		return &batchv1.CronJob{}
+	}
+	return nil
+}
+
+func newWorkloadList(kind string) client.ObjectList {
+	switch kind {
+	case kindDeployment:
+		return &appsv1.DeploymentList{}
+	case kindStatefulSet:
+		return &appsv1.StatefulSetList{}
+	case kindDaemonSet:
+		return &appsv1.DaemonSetList{}
+	case kindReplicaSet:
+		return &appsv1.ReplicaSetList{}
+	case kindCronJob:
+		return &batchv1.CronJobList{}
+	}
+	return nil
+}
+
+// podTemplate returns the pod template of a workload.
+func podTemplate(obj client.Object) *corev1.PodTemplateSpec {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return &o.Spec.Template
+	case *appsv1.StatefulSet:
+		return &o.Spec.Template
+	case *appsv1.DaemonSet:
+		return &o.Spec.Template
+	case *appsv1.ReplicaSet:
+		return &o.Spec.Template
+	case *batchv1.CronJob:
+		return &o.Spec.JobTemplate.Spec.Template
+	}
+	return nil
+}
+
+// templateSysctls returns the sysctls of a pod template.
+func templateSysctls(t *corev1.PodTemplateSpec) []corev1.Sysctl {
+	if t.Spec.SecurityContext == nil {
+		return nil
+	}
+	return t.Spec.SecurityContext.Sysctls
+}
+
+// rolling reports whether a template change is still rolling out: the
+// controller has not seen the new generation, or not every replica runs it.
+// A Deployment past its progress deadline is stuck, not rolling: it must not
+// hold a slot forever. A ReplicaSet or a CronJob does not replace its pods on
+// a template change: new pods get the template, and nothing rolls.
+func rolling(obj client.Object) bool {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		want := ptrOr(o.Spec.Replicas, 1)
+		s := o.Status
+		for _, c := range s.Conditions {
+			if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
+				return false
+			}
+		}
+		return s.ObservedGeneration < o.Generation || s.UpdatedReplicas < want || s.Replicas > s.UpdatedReplicas || s.AvailableReplicas < s.UpdatedReplicas
+	case *appsv1.StatefulSet:
+		want := ptrOr(o.Spec.Replicas, 1)
+		s := o.Status
+		return s.ObservedGeneration < o.Generation || s.UpdatedReplicas < want || (s.UpdateRevision != "" && s.CurrentRevision != s.UpdateRevision)
+	case *appsv1.DaemonSet:
+		s := o.Status
+		return s.ObservedGeneration < o.Generation || s.UpdatedNumberScheduled < s.DesiredNumberScheduled || s.NumberAvailable < s.DesiredNumberScheduled
+	}
+	return false
+}
+
+func ptrOr(p *int32, def int32) int32 {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// owner finds the workload whose template makes the pod: through a
+// ReplicaSet to its Deployment, through a Job to its CronJob, or directly a
+// StatefulSet, DaemonSet or bare ReplicaSet. patchable is false for pods of a
+// Job without CronJob, bare pods and pods of other controllers; key then
+// names what owns them, if anything.
+func owner(ctx context.Context, c client.Reader, pod *corev1.Pod) (key workloadKey, patchable bool, err error) {
+	ref := metav1.GetControllerOf(pod)
+	if ref == nil {
+		return workloadKey{}, false, nil
+	}
+	key = workloadKey{Kind: ref.Kind, Namespace: pod.Namespace, Name: ref.Name}
+	var parent client.Object
+	switch {
+	case ref.Kind == kindReplicaSet && ref.APIVersion == "apps/v1":
+		parent = &appsv1.ReplicaSet{}
+	case ref.Kind == kindJob && ref.APIVersion == "batch/v1":
+		parent = &batchv1.Job{}
+	case (ref.Kind == kindStatefulSet || ref.Kind == kindDaemonSet) && ref.APIVersion == "apps/v1":
+		return key, true, nil
+	default:
+		return key, false, nil
+	}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: ref.Name}, parent); err != nil {
+		return key, false, client.IgnoreNotFound(fmt.Errorf("get %s: %w", key, err))
+	}
+	up := metav1.GetControllerOf(parent)
+	switch {
+	case up != nil && up.Kind == kindDeployment && up.APIVersion == "apps/v1":
+		return workloadKey{Kind: kindDeployment, Namespace: pod.Namespace, Name: up.Name}, true, nil
+	case up != nil && up.Kind == kindCronJob && up.APIVersion == "batch/v1":
+		return workloadKey{Kind: kindCronJob, Namespace: pod.Namespace, Name: up.Name}, true, nil
+	case up == nil && ref.Kind == kindReplicaSet:
+		return key, true, nil
+	}
+	return key, false, nil
+}
