@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -22,6 +23,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega/gexec"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -35,6 +37,8 @@ import (
 var (
 	env       *testenv.Env
 	k8sClient client.Client
+	// binary is the operator, built from this package.
+	binary string
 )
 
 func TestManager(t *testing.T) {
@@ -47,9 +51,12 @@ var _ = BeforeSuite(func() {
 	env, err = testenv.Start(true, nil, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient = env.Client
+	binary, err = gexec.Build("github.com/keepalive-operator/keepalive-operator/cmd/keepalive-operator")
+	Expect(err).NotTo(HaveOccurred())
 })
 
 var _ = AfterSuite(func() {
+	gexec.CleanupBuildArtifacts()
 	if env != nil {
 		Expect(env.Stop()).To(Succeed())
 	}
@@ -62,24 +69,21 @@ func freeAddr() string {
 	return l.Addr().String()
 }
 
-// start runs the manager with args until the spec ends, its webhook server
-// where envtest's webhook configuration points.
+// start runs the operator's binary with args until the spec ends, its
+// webhook server where envtest's webhook configuration points. Later flags
+// override earlier ones.
 func start(args ...string) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
 	wh := env.WebhookInstallOptions
-	go func() {
-		defer GinkgoRecover()
-		done <- run(ctx, append([]string{
-			"--kubeconfig", env.Kubeconfig,
-			"--webhook-cert-path", wh.LocalServingCertDir,
-			"--webhook-port", strconv.Itoa(wh.LocalServingPort),
-			"--operator-namespace", "keepalive-system",
-		}, args...))
-	}()
+	cmd := exec.Command(binary, append([]string{
+		"--kubeconfig", env.Kubeconfig,
+		"--webhook-cert-path", wh.LocalServingCertDir,
+		"--webhook-port", strconv.Itoa(wh.LocalServingPort),
+		"--operator-namespace", "keepalive-system",
+	}, args...)...)
+	session, err := gexec.Start(cmd, GinkgoWriter, GinkgoWriter)
+	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func() {
-		cancel()
-		Eventually(done, 30*time.Second).Should(Receive(BeNil()))
+		Eventually(session.Terminate(), 30*time.Second).Should(gexec.Exit(0))
 	})
 }
 
@@ -191,6 +195,7 @@ var _ = DescribeTable("flag errors",
 		Expect(err).To(MatchError(ContainSubstring(want)))
 	},
 	Entry("webhook port out of range", []string{"--webhook-port", "70000"}, "--webhook-port must be between 1 and 65535, is 70000"),
+	Entry("no rollouts allowed", []string{"--max-concurrent-rollouts", "0"}, "--max-concurrent-rollouts must be at least 1, is 0"),
 	Entry("unknown flag", []string{"--metrics-addr", ":8080"}, "flag provided but not defined: -metrics-addr"),
 	Entry("stray argument", []string{"start"}, "unexpected arguments: [start]"),
 )
@@ -198,6 +203,6 @@ var _ = DescribeTable("flag errors",
 var _ = It("defaults to the documented ports", func() {
 	o, err := parseFlags(nil)
 	Expect(err).NotTo(HaveOccurred())
-	Expect(fmt.Sprint(o.metricsAddr, " ", o.probeAddr, " ", o.webhookPort, " ", o.metricsSecure, " ", o.leaderElect)).
-		To(Equal(":8443 :8081 9443 true false"))
+	Expect(fmt.Sprint(o.metricsAddr, " ", o.probeAddr, " ", o.webhookPort, " ", o.metricsSecure, " ", o.leaderElect, " ", o.maxRollouts)).
+		To(Equal(":8443 :8081 9443 true false 5"))
 })

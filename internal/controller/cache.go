@@ -53,7 +53,7 @@ func stripPod(p *corev1.Pod) *corev1.Pod {
 			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
 			Labels: p.Labels, OwnerReferences: p.OwnerReferences, DeletionTimestamp: p.DeletionTimestamp,
 		},
-		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork, OS: p.Spec.OS},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork, OS: p.Spec.OS},
 		Status: corev1.PodStatus{Phase: p.Status.Phase},
 	}
 	if p.Spec.SecurityContext != nil && len(p.Spec.SecurityContext.Sysctls) > 0 {

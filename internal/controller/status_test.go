@@ -1,0 +1,98 @@
+package controller
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
+)
+
+func TestReadyCondition(t *testing.T) {
+	enforce := &v1alpha1.KeepalivePolicySpec{Mode: v1alpha1.ModeEnforce, Rollout: v1alpha1.RolloutPatchTemplates}
+	audit := &v1alpha1.KeepalivePolicySpec{Mode: v1alpha1.ModeAudit, Rollout: v1alpha1.RolloutPatchTemplates}
+	none := &v1alpha1.KeepalivePolicySpec{Mode: v1alpha1.ModeEnforce, Rollout: v1alpha1.RolloutNone}
+	pods := survey{counts: v1alpha1.PodCounts{Matched: 10, Compliant: 7, Stale: 3}}
+	cases := map[string]struct {
+		spec *v1alpha1.KeepalivePolicySpec
+		s    survey
+		w    rollout
+		want metav1.Condition
+	}{
+		"applied": {enforce, pods, rollout{patched: 2}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonApplied,
+			Message: "7 of 10 pods compliant, 2 workload templates carry the values"}},
+		"applied, with pods no template reaches": {enforce, survey{counts: pods.counts, unpatchable: 2}, rollout{patched: 1}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonApplied,
+			Message: "7 of 10 pods compliant, 1 workload templates carry the values; 2 stale pods belong to Jobs or no workload and get the values when created anew"}},
+		"rolling": {enforce, pods, rollout{patched: 2, rolling: 1}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonRolloutInProgress,
+			Message: "1 workloads rolling out, 0 waiting for a rollout slot"}},
+		"waiting for slots": {enforce, pods, rollout{pending: 4}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonRolloutInProgress,
+			Message: "0 workloads rolling out, 4 waiting for a rollout slot"}},
+		"audit": {audit, pods, rollout{}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonAuditOnly,
+			Message: "Audit mode: values computed, nothing changed; 3 of 10 pods would need them"}},
+		"rollout None": {none, pods, rollout{}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonRolloutDisabled,
+			Message: "rollout: None: new pods get the values; 3 running pods keep older ones until their workloads roll"}},
+		"rollout None while restoring": {none, pods, rollout{pending: 1}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonRolloutInProgress,
+			Message: "0 workloads rolling out, 1 waiting for a rollout slot"}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, readyCondition(tc.spec, tc.s, tc.w)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+	if diff := cmp.Diff(metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonInvalidSpec, Message: "idleTimeouts: bad"},
+		invalidCondition(errors.New("idleTimeouts: bad"))); diff != "" {
+		t.Errorf("invalid (-want +got):\n%s", diff)
+	}
+}
+
+func TestL7Condition(t *testing.T) {
+	cases := map[string]struct {
+		res    keepalive.Result
+		status metav1.ConditionStatus
+		starts string
+	}{
+		"no proxy":  {keepalive.Result{}, metav1.ConditionFalse, "every hop tracks TCP segments"},
+		"ALB":       {keepalive.Result{L7Hops: []keepalive.Hop{{Name: "aws-alb", Seconds: 60, Layer: keepalive.L7}}}, metav1.ConditionTrue, "aws-alb (60 s): an HTTP proxy counts only application data"},
+		"ALB + CLB": {keepalive.Result{L7Hops: []keepalive.Hop{{Name: "public", Seconds: 120, Layer: keepalive.L7}, {Name: "aws-clb", Seconds: 60, Layer: keepalive.L7}}}, metav1.ConditionTrue, "public (120 s), aws-clb (60 s): "},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := l7Condition(tc.res)
+			if c.Type != ConditionL7ProxyInPath || c.Status != tc.status || len(c.Message) < len(tc.starts) || c.Message[:len(tc.starts)] != tc.starts {
+				t.Errorf("got %+v, want status %s and a message starting %q", c, tc.status, tc.starts)
+			}
+		})
+	}
+}
+
+func TestPodsBlockedCondition(t *testing.T) {
+	cases := map[string]struct {
+		s    survey
+		want metav1.Condition
+	}{
+		"none": {survey{}, metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionFalse, Reason: ReasonNoneBlocked, Message: "no selected pod is kept from the values"}},
+		"every cause": {survey{
+			blocked: map[keepalive.SkipReason]int32{
+				keepalive.SkipHostNetwork: 2, keepalive.SkipWindows: 1, keepalive.SkipPodSecurityVersion: 3,
+				keepalive.SkipNodeKubelet: 1, keepalive.SkipNodeKernel: 1, keepalive.SkipClusterVersion: 1,
+			},
+			blockedNamespaces: map[string]bool{"legacy": true, "batch": true},
+			blockedNodes:      map[string]bool{"node-b": true, "node-a": true},
+		}, metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked,
+			Message: "9 pods cannot take the keepalive sysctls: 1 cluster older than 1.29 without --unsafe-sysctls-allowed; 2 hostNetwork; " +
+				"1 kernel older than 4.5 (nodes node-a, node-b); 1 kubelet older than 1.29 (nodes node-a, node-b); " +
+				"3 Pod Security enforce-version older than v1.29 (namespaces batch, legacy); 1 Windows"}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, podsBlockedCondition(tc.s)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
