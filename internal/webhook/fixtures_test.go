@@ -56,8 +56,16 @@ func newTestHandler(t testing.TB, c keepalive.Cluster, ns string, nsLabels map[s
 	store := NewStore(logr.Discard())
 	store.SetNamespace(ns, nsLabels)
 	for _, raw := range policies {
+		// Fixtures write YAML; the fuzzer writes JSON that YAML may refuse
+		// (control characters).
+		if !json.Valid(raw) {
+			var err error
+			if raw, err = yaml.YAMLToJSONStrict(raw); err != nil {
+				t.Fatal(err)
+			}
+		}
 		var meta metav1.TypeMeta
-		if err := yaml.Unmarshal(raw, &meta); err != nil {
+		if err := json.Unmarshal(raw, &meta); err != nil {
 			t.Fatal(err)
 		}
 		var obj any
@@ -69,7 +77,9 @@ func newTestHandler(t testing.TB, c keepalive.Cluster, ns string, nsLabels map[s
 		default:
 			t.Fatalf("unknown policy kind %q", meta.Kind)
 		}
-		if err := yaml.UnmarshalStrict(raw, obj); err != nil {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(obj); err != nil {
 			t.Fatal(err)
 		}
 		store.apply(obj, false)
