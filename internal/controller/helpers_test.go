@@ -210,3 +210,14 @@ func ks(kv ...string) []corev1.Sysctl {
 	}
 	return out
 }
+
+// updatePolicy applies change to the latest version of the policy.
+func updatePolicy(p *v1alpha1.KeepalivePolicy, change func()) {
+	Eventually(func() error {
+		if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
+			return err
+		}
+		change()
+		return k8sClient.Update(ctx, p)
+	}).Should(Succeed())
+}

@@ -163,23 +163,11 @@ var _ = Describe("rollout", func() {
 		Eventually(sysctlsOf).WithArguments(d).Should(Equal(ks("kernel.shm_rmid_forced", "1", keepalive.SysctlTime, "175", keepalive.SysctlInterval, "30", keepalive.SysctlProbes, "9")))
 
 		By("switching the path to an ALB")
-		Eventually(func() error {
-			if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
-				return err
-			}
-			p.Spec.IdleTimeouts = []v1alpha1.Hop{{Preset: v1alpha1.PresetAWSALB}}
-			return k8sClient.Update(ctx, p)
-		}).Should(Succeed())
+		updatePolicy(p, func() { p.Spec.IdleTimeouts = []v1alpha1.Hop{{Preset: v1alpha1.PresetAWSALB}} })
 		Eventually(sysctlsOf).WithArguments(d).Should(Equal(ks("kernel.shm_rmid_forced", "1", keepalive.SysctlTime, "30", keepalive.SysctlInterval, "10", keepalive.SysctlProbes, "9")))
 
 		By("switching back to the NLB: the larger values replace the operator's own")
-		Eventually(func() error {
-			if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
-				return err
-			}
-			p.Spec.IdleTimeouts = []v1alpha1.Hop{{Preset: v1alpha1.PresetAWSNLB}}
-			return k8sClient.Update(ctx, p)
-		}).Should(Succeed())
+		updatePolicy(p, func() { p.Spec.IdleTimeouts = []v1alpha1.Hop{{Preset: v1alpha1.PresetAWSNLB}} })
 		Eventually(sysctlsOf).WithArguments(d).Should(Equal(ks("kernel.shm_rmid_forced", "1", keepalive.SysctlTime, "175", keepalive.SysctlInterval, "30", keepalive.SysctlProbes, "9")))
 
 		By("deleting the policy")
@@ -196,13 +184,7 @@ var _ = Describe("rollout", func() {
 		createPolicy(p)
 		Eventually(sysctlsOf).WithArguments(patched).ShouldNot(Equal(userOwn))
 
-		Eventually(func() error {
-			if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
-				return err
-			}
-			p.Spec.Rollout = v1alpha1.RolloutNone
-			return k8sClient.Update(ctx, p)
-		}).Should(Succeed())
+		updatePolicy(p, func() { p.Spec.Rollout = v1alpha1.RolloutNone })
 		Eventually(sysctlsOf).WithArguments(patched).Should(Equal(userOwn))
 		fresh := deployment(ns, "fresh", nil)
 		Eventually(status(p)).Should(HaveField("Conditions", ContainElement(HaveField("Reason", ReasonRolloutDisabled))))
