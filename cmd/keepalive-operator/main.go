@@ -8,9 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
+	"github.com/open-policy-agent/cert-controller/pkg/rotator"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -47,6 +50,10 @@ type options struct {
 	unsafeSysctls    bool
 	operatorNS       string
 	maxRollouts      int
+	certRotation     bool
+	webhookSecret    string
+	webhookService   string
+	webhookConfig    string
 	zap              zap.Options
 }
 
@@ -60,10 +67,14 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz endpoints bind to.")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader to run the reconciler, so that several replicas can run; webhooks serve on every replica.")
 	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "Namespace of the leader election lease; the operator's own namespace when empty.")
-	fs.StringVar(&o.webhookCertPath, "webhook-cert-path", "", "Folder with tls.crt and tls.key for the webhook server (default: the system temp folder's k8s-webhook-server/serving-certs).")
+	fs.StringVar(&o.webhookCertPath, "webhook-cert-path", filepath.Join(os.TempDir(), "k8s-webhook-server", "serving-certs"), "Folder with tls.crt and tls.key for the webhook server; reloaded when they change. With --cert-rotation, mount the Secret --webhook-secret-name there.")
 	fs.IntVar(&o.webhookPort, "webhook-port", ctrlwebhook.DefaultPort, "Port the webhook server listens on.")
 	fs.BoolVar(&o.unsafeSysctls, "unsafe-sysctls-allowed", false, "Every kubelet allows the keepalive sysctls (--allowed-unsafe-sysctls): inject them even on clusters older than Kubernetes 1.29.")
 	fs.StringVar(&o.operatorNS, "operator-namespace", operatorNamespace(), "The operator's own namespace, never injected (default: POD_NAMESPACE, else the service account's namespace).")
+	fs.BoolVar(&o.certRotation, "cert-rotation", false, "Manage the webhook's certificate: a self-signed CA and serving certificate in the Secret --webhook-secret-name of the operator's namespace, rotated before expiry, with the CA injected into the webhook configuration. Off when cert-manager (or another tool) provides the certificate.")
+	fs.StringVar(&o.webhookSecret, "webhook-secret-name", "keepalive-operator-webhook-tls", "With --cert-rotation: the Secret, in the operator's namespace, that holds the CA and serving certificate.")
+	fs.StringVar(&o.webhookService, "webhook-service-name", "keepalive-operator-webhook", "With --cert-rotation: the Service in front of the webhook; the certificate is valid for its DNS names.")
+	fs.StringVar(&o.webhookConfig, "webhook-configuration-name", "keepalive-operator", "With --cert-rotation: the MutatingWebhookConfiguration whose caBundle the operator fills.")
 	fs.IntVar(&o.maxRollouts, "max-concurrent-rollouts", 5, "How many workloads may roll out a template change of the operator at once, across the cluster.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -71,6 +82,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if o.certRotation && o.operatorNS == "" {
+		return o, errors.New("--cert-rotation needs the operator's namespace: set --operator-namespace or POD_NAMESPACE")
 	}
 	if o.maxRollouts < 1 {
 		return o, fmt.Errorf("--max-concurrent-rollouts must be at least 1, is %d", o.maxRollouts)
@@ -115,6 +129,12 @@ func run(ctx context.Context, args []string) error {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
+	var webhookServer ctrlwebhook.Server = ctrlwebhook.NewServer(ctrlwebhook.Options{CertDir: o.webhookCertPath, Port: o.webhookPort})
+	certsReady := make(chan struct{})
+	if o.certRotation {
+		// The server starts once the rotator has written its certificate.
+		webhookServer = afterCerts{Server: webhookServer, ready: certsReady}
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,
 		// The cache keeps only what the webhook and reconcilers read.
@@ -127,13 +147,30 @@ func run(ctx context.Context, args []string) error {
 		// The reconciler stops at once when it loses the lease; a new leader
 		// picks up from the API server's state.
 		LeaderElectionReleaseOnCancel: true,
-		WebhookServer: ctrlwebhook.NewServer(ctrlwebhook.Options{
-			CertDir: o.webhookCertPath,
-			Port:    o.webhookPort,
-		}),
+		WebhookServer:                 webhookServer,
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
+	}
+	if o.certRotation {
+		if err := rotator.AddRotator(mgr, &rotator.CertRotator{
+			SecretKey:      types.NamespacedName{Namespace: o.operatorNS, Name: o.webhookSecret},
+			CertDir:        o.webhookCertPath,
+			CAName:         "keepalive-operator-ca",
+			CAOrganization: "keepalive-operator",
+			DNSName:        fmt.Sprintf("%s.%s.svc", o.webhookService, o.operatorNS),
+			ExtraDNSNames: []string{
+				fmt.Sprintf("%s.%s", o.webhookService, o.operatorNS),
+				fmt.Sprintf("%s.%s.svc.cluster.local", o.webhookService, o.operatorNS),
+			},
+			IsReady:  certsReady,
+			Webhooks: []rotator.WebhookInfo{{Name: o.webhookConfig, Type: rotator.Mutating}},
+			// Every replica serves the webhook, so every replica keeps its
+			// certificate files current.
+			RequireLeaderElection: false,
+		}); err != nil {
+			return fmt.Errorf("set up certificate rotation: %w", err)
+		}
 	}
 	admission, err := webhook.Setup(ctx, mgr, webhook.Options{
 		UnsafeSysctlsAllowed: o.unsafeSysctls,
@@ -166,6 +203,21 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return ctrl.GetConfig()
 }
 
+// afterCerts starts the webhook server once its certificate is on disk.
+type afterCerts struct {
+	ctrlwebhook.Server
+	ready <-chan struct{}
+}
+
+func (s afterCerts) Start(ctx context.Context) error {
+	select {
+	case <-s.ready:
+		return s.Server.Start(ctx)
+	case <-ctx.Done():
+		return nil
+	}
+}
+
 // operatorNamespace is the namespace the operator runs in, when it can tell.
 func operatorNamespace() string {
 	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
@@ -176,3 +228,9 @@ func operatorNamespace() string {
 	}
 	return ""
 }
+
+// Certificate rotation reads and writes its Secret in the operator's own
+// namespace (a Role, bound there) and fills the webhook configuration's
+// caBundle.
+// +kubebuilder:rbac:groups="",namespace=keepalive-system,resources=secrets,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=get;list;watch;update;patch

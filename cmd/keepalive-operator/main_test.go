@@ -24,6 +24,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"github.com/onsi/gomega/gexec"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,6 +42,9 @@ var (
 	binary string
 )
 
+// operatorNS is where the specs run the operator.
+const operatorNS = "keepalive-system"
+
 func TestManager(t *testing.T) {
 	RegisterFailHandler(Fail)
 	RunSpecs(t, "manager suite")
@@ -51,6 +55,7 @@ var _ = BeforeSuite(func() {
 	env, err = testenv.Start(true, nil, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient = env.Client
+	Expect(k8sClient.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNS}})).To(Succeed())
 	binary, err = gexec.Build("github.com/keepalive-operator/keepalive-operator/cmd/keepalive-operator")
 	Expect(err).NotTo(HaveOccurred())
 })
@@ -78,7 +83,7 @@ func start(args ...string) {
 		"--kubeconfig", env.Kubeconfig,
 		"--webhook-cert-path", wh.LocalServingCertDir,
 		"--webhook-port", strconv.Itoa(wh.LocalServingPort),
-		"--operator-namespace", "keepalive-system",
+		"--operator-namespace", operatorNS,
 	}, args...)...)
 	session, err := gexec.Start(cmd, GinkgoWriter, GinkgoWriter)
 	Expect(err).NotTo(HaveOccurred())
@@ -131,13 +136,11 @@ var _ = Describe("the manager", func() {
 	})
 
 	It("takes the leader lease when leader election is on", func() {
-		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keepalive-system"}}
-		Expect(k8sClient.Create(context.Background(), ns)).To(Succeed())
 		start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0",
-			"--leader-elect", "--leader-election-namespace", ns.Name)
+			"--leader-elect", "--leader-election-namespace", operatorNS)
 		lease := &coordinationv1.Lease{}
 		Eventually(func() error {
-			return k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns.Name, Name: "keepalive-operator.keepalive.io"}, lease)
+			return k8sClient.Get(context.Background(), client.ObjectKey{Namespace: operatorNS, Name: "keepalive-operator.keepalive.io"}, lease)
 		}, 30*time.Second).Should(Succeed())
 		Expect(lease.Spec.HolderIdentity).NotTo(BeNil())
 	})
@@ -187,6 +190,56 @@ var _ = It("reloads the webhook certificate when its files change", func() {
 	Eventually(servedCN).WithArguments(addr).WithTimeout(20 * time.Second).Should(Equal("first"))
 	writeCert(dir, "second")
 	Eventually(servedCN).WithArguments(addr).WithTimeout(30 * time.Second).Should(Equal("second"))
+})
+
+var _ = It("manages its webhook certificate with --cert-rotation", func() {
+	ctx := context.Background()
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: operatorNS, Name: "keepalive-operator-webhook-tls"}}
+	Expect(k8sClient.Create(ctx, secret)).To(Succeed())
+	never := &metav1.LabelSelector{MatchLabels: map[string]string{"never": "matches"}}
+	ignore, none := admissionregistrationv1.Ignore, admissionregistrationv1.SideEffectClassNone
+	config := &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "rotation-test"},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name:                    "pods.keepalive.io",
+			AdmissionReviewVersions: []string{"v1"},
+			ClientConfig: admissionregistrationv1.WebhookClientConfig{Service: &admissionregistrationv1.ServiceReference{
+				Namespace: operatorNS, Name: "keepalive-operator-webhook", Path: new("/mutate-v1-pod")}},
+			FailurePolicy: &ignore, SideEffects: &none, NamespaceSelector: never,
+		}},
+	}
+	Expect(k8sClient.Create(ctx, config)).To(Succeed())
+
+	probes, certDir := freeAddr(), GinkgoT().TempDir()
+	_, port, err := net.SplitHostPort(freeAddr())
+	Expect(err).NotTo(HaveOccurred())
+	start("--health-probe-bind-address", probes, "--metrics-bind-address", "0", "--cert-rotation",
+		"--webhook-configuration-name", "rotation-test", "--webhook-cert-path", certDir, "--webhook-port", port)
+
+	Eventually(func() map[string][]byte {
+		_ = k8sClient.Get(ctx, client.ObjectKeyFromObject(secret), secret)
+		return secret.Data
+	}, 30*time.Second).Should(And(HaveKey("ca.crt"), HaveKey("tls.crt"), HaveKey("tls.key")))
+	// The kubelet projects the Secret into the pod; here the spec does.
+	for name, data := range secret.Data {
+		Expect(os.WriteFile(filepath.Join(certDir, name), data, 0o600)).To(Succeed())
+	}
+	Eventually(func() []byte {
+		_ = k8sClient.Get(ctx, client.ObjectKeyFromObject(config), config)
+		return config.Webhooks[0].ClientConfig.CABundle
+	}, 30*time.Second).Should(Equal(secret.Data["ca.crt"]))
+
+	pool := x509.NewCertPool()
+	Expect(pool.AppendCertsFromPEM(secret.Data["ca.crt"])).To(BeTrue())
+	Eventually(func() error {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", net.JoinHostPort("127.0.0.1", port),
+			&tls.Config{RootCAs: pool, ServerName: "keepalive-operator-webhook." + operatorNS + ".svc"})
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}, 30*time.Second).Should(Succeed(), "the webhook does not serve a certificate of the injected CA")
+	Eventually(func() int { code, _ := get(http.DefaultClient, "http://"+probes+"/readyz"); return code }, 20*time.Second).Should(Equal(http.StatusOK))
 })
 
 var _ = DescribeTable("flag errors",
