@@ -129,7 +129,7 @@ func run(ctx context.Context, args []string) error {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
-	var webhookServer ctrlwebhook.Server = ctrlwebhook.NewServer(ctrlwebhook.Options{CertDir: o.webhookCertPath, Port: o.webhookPort})
+	webhookServer := ctrlwebhook.NewServer(ctrlwebhook.Options{CertDir: o.webhookCertPath, Port: o.webhookPort})
 	certsReady := make(chan struct{})
 	if o.certRotation {
 		// The server starts once the rotator has written its certificate.
