@@ -4,10 +4,13 @@ IMG ?= keepalive-operator:latest
 # Tool versions, installed into ./bin by `go install`.
 CONTROLLER_TOOLS_VERSION ?= v0.21.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
+HELM_VERSION ?= v3.22.0
 
 LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
+CHART = charts/keepalive-operator
 
 SHELL = /usr/bin/env bash -o pipefail
 .SHELLFLAGS = -ec
@@ -28,8 +31,10 @@ generate: $(CONTROLLER_GEN) ## Generate the DeepCopy methods of the API types.
 	$(CONTROLLER_GEN) object paths="./api/..."
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate the CRDs into config/crd/bases and the manager's ClusterRole into config/rbac.
+manifests: $(CONTROLLER_GEN) ## Generate the CRDs and the manager's RBAC into config/, and copy them into the chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+	cp config/crd/bases/*.yaml $(CHART)/crds/
+	cp config/rbac/role.yaml $(CHART)/files/role.yaml
 
 .PHONY: fmt
 fmt: ## Run go fmt.
@@ -51,8 +56,8 @@ envtest: ## Print the folder of the envtest binaries, building them the first ti
 FUZZTIME ?= 30s
 
 .PHONY: test
-test: manifests generate fmt vet ## Run all tests (envtest suites against a real kube-apiserver and etcd), then fuzz admission.
-	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" go test ./... -coverprofile cover.out
+test: manifests generate fmt vet $(HELM) ## Run all tests (envtest suites against a real kube-apiserver and etcd), then fuzz admission.
+	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" HELM="$(HELM)" go test ./... -coverprofile cover.out
 	go test ./internal/webhook/ -run '^$$' -fuzz '^FuzzAdmission$$' -fuzztime $(FUZZTIME)
 
 .PHONY: bench
@@ -68,7 +73,7 @@ verify: manifests generate ## Fail when generated files, go.mod or formatting ar
 	go mod tidy
 	@unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "not gofmt-ed: $$unformatted"; exit 1; }
 	@git diff --exit-code -- . || { echo "generated files or go.mod are out of date: run make manifests generate and go mod tidy, then commit"; exit 1; }
-	@test -z "$$(git status --porcelain --untracked-files=all -- api config)" || { git status --porcelain -- api config; echo "untracked generated files: commit them"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- api config $(CHART))" || { git status --porcelain -- api config $(CHART); echo "untracked generated files: commit them"; exit 1; }
 	@echo "verify: generated files, go.mod and formatting are up to date"
 
 ##@ Build
@@ -90,6 +95,10 @@ docker-build: ## Build the container image (needs a Docker engine).
 $(CONTROLLER_GEN):
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(LOCALBIN)/controller-gen $@
+
+$(HELM):
+	GOBIN=$(LOCALBIN) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(LOCALBIN)/helm $@
 
 $(GOLANGCI_LINT):
 	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -31,7 +31,7 @@ func TestAPI(t *testing.T) {
 var _ = BeforeSuite(func() {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
 	var err error
-	env, err = testenv.Start(false, nil, GinkgoT().TempDir())
+	env, err = testenv.Start(testenv.CRDs, nil, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient = env.Client
 })

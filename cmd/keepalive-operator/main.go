@@ -233,4 +233,7 @@ func operatorNamespace() string {
 // namespace (a Role, bound there) and fills the webhook configuration's
 // caBundle.
 // +kubebuilder:rbac:groups="",namespace=keepalive-system,resources=secrets,verbs=get;list;watch;update;patch
+// Leader election holds a Lease in the operator's namespace.
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=keepalive-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",namespace=keepalive-system,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=get;list;watch;update;patch

@@ -52,7 +52,7 @@ func TestManager(t *testing.T) {
 
 var _ = BeforeSuite(func() {
 	var err error
-	env, err = testenv.Start(true, nil, GinkgoT().TempDir())
+	env, err = testenv.Start(testenv.CRDs|testenv.Webhooks, nil, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient = env.Client
 	Expect(k8sClient.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNS}})).To(Succeed())

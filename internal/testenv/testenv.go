@@ -31,25 +31,35 @@ type Env struct {
 	Kubeconfig string
 }
 
-// root is the repository's top folder.
-func root() string {
+// Root is the repository's top folder.
+func Root() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// Start starts a control plane with the CRDs installed and, with webhooks,
-// the webhook configuration of config/webhook pointing at a local port
-// (Environment.WebhookInstallOptions says where). tmp holds the kubeconfig.
-func Start(webhooks bool, warnings rest.WarningHandler, tmp string) (*Env, error) {
+// What Start installs.
+const (
+	// CRDs installs the operator's CRDs.
+	CRDs = 1 << iota
+	// Webhooks installs the webhook configuration of config/webhook,
+	// pointing at a local port (Environment.WebhookInstallOptions says
+	// where).
+	Webhooks
+)
+
+// Start starts a control plane with what install says installed. tmp holds
+// the kubeconfig.
+func Start(install int, warnings rest.WarningHandler, tmp string) (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(hack/setup-envtest.sh)")
 	}
-	e := &Env{Environment: &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(root(), "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}}
-	if webhooks {
-		e.WebhookInstallOptions.Paths = []string{filepath.Join(root(), "config", "webhook")}
+	e := &Env{Environment: &envtest.Environment{}}
+	if install&CRDs != 0 {
+		e.CRDDirectoryPaths = []string{filepath.Join(Root(), "config", "crd", "bases")}
+		e.ErrorIfCRDPathMissing = true
+	}
+	if install&Webhooks != 0 {
+		e.WebhookInstallOptions.Paths = []string{filepath.Join(Root(), "config", "webhook")}
 	}
 	cfg, err := e.Start()
 	if err != nil {

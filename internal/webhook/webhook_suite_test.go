@@ -69,7 +69,7 @@ func (w *warningRecorder) take() []string {
 var _ = BeforeSuite(func() {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
 	var err error
-	env, err = testenv.Start(true, warnings, GinkgoT().TempDir())
+	env, err = testenv.Start(testenv.CRDs|testenv.Webhooks, warnings, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient = env.Client
 	stopManager, store = startManager(env.Config)

@@ -1,0 +1,200 @@
+// Package chart tests the Helm chart: lint, render, and install into a real
+// API server.
+package chart
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
+)
+
+var (
+	ctx   = context.Background()
+	env   *testenv.Env
+	chart = filepath.Join(testenv.Root(), "charts", "keepalive-operator")
+)
+
+func TestChart(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "chart suite")
+}
+
+var _ = BeforeSuite(func() {
+	Expect(os.Getenv("HELM")).NotTo(BeEmpty(), "HELM is not set: run `make test`, which installs Helm when missing")
+	var err error
+	// No CRDs: the chart installs its own.
+	env, err = testenv.Start(0, nil, GinkgoT().TempDir())
+	Expect(err).NotTo(HaveOccurred())
+	Expect(apiextensionsv1.AddToScheme(env.Scheme)).To(Succeed())
+	env.Client, err = client.New(env.Config, client.Options{Scheme: env.Scheme})
+	Expect(err).NotTo(HaveOccurred())
+})
+
+var _ = AfterSuite(func() {
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
+	}
+})
+
+func helm(args ...string) (stdout, stderr string, err error) {
+	cmd := exec.Command(os.Getenv("HELM"), args...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+GinkgoT().TempDir(), "HELM_CONFIG_HOME="+GinkgoT().TempDir(), "HELM_DATA_HOME="+GinkgoT().TempDir())
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+// render returns the objects of `helm template` by kind/name.
+func render(args ...string) map[string]*unstructured.Unstructured {
+	out, stderr, err := helm(append([]string{"template", "t", chart, "--namespace", "keepalive-system"}, args...)...)
+	Expect(err).NotTo(HaveOccurred(), stderr)
+	objs := map[string]*unstructured.Unstructured{}
+	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(out), 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); err != nil {
+			break
+		}
+		if len(u.Object) > 0 {
+			objs[u.GetKind()+"/"+u.GetName()] = u
+		}
+	}
+	return objs
+}
+
+var _ = It("passes helm lint", func() {
+	out, stderr, err := helm("lint", "--strict", chart)
+	Expect(err).NotTo(HaveOccurred(), out+stderr)
+	Expect(out).To(ContainSubstring("1 chart(s) linted, 0 chart(s) failed"))
+})
+
+var _ = It("renders with the operator managing its certificate by default", func() {
+	objs := render()
+	Expect(objs).To(HaveKey("Secret/t-keepalive-operator-webhook-tls"))
+	Expect(objs).NotTo(HaveKey("Certificate/t-keepalive-operator-webhook"))
+	deploy := &appsv1.Deployment{}
+	Expect(runtimeConvert(objs["Deployment/t-keepalive-operator"], deploy)).To(Succeed())
+	Expect(deploy.Spec.Template.Spec.Containers[0].Args).To(ContainElements(
+		"--cert-rotation", "--webhook-secret-name=t-keepalive-operator-webhook-tls",
+		"--webhook-service-name=t-keepalive-operator-webhook", "--webhook-configuration-name=t-keepalive-operator", "--leader-elect"))
+})
+
+var _ = It("renders with cert-manager issuing the certificate", func() {
+	objs := render("--set", "certManager.enabled=true")
+	Expect(objs).To(HaveKey("Certificate/t-keepalive-operator-webhook"))
+	Expect(objs).To(HaveKey("Issuer/t-keepalive-operator-selfsigned"))
+	Expect(objs).NotTo(HaveKey("Secret/t-keepalive-operator-webhook-tls"))
+	Expect(objs["MutatingWebhookConfiguration/t-keepalive-operator"].GetAnnotations()).To(HaveKeyWithValue(
+		"cert-manager.io/inject-ca-from", "keepalive-system/t-keepalive-operator-webhook"))
+	deploy := &appsv1.Deployment{}
+	Expect(runtimeConvert(objs["Deployment/t-keepalive-operator"], deploy)).To(Succeed())
+	Expect(deploy.Spec.Template.Spec.Containers[0].Args).NotTo(ContainElement("--cert-rotation"))
+})
+
+var _ = It("refuses values outside the schema", func() {
+	_, stderr, err := helm("template", "t", chart, "--set", "webhook.failurePolicy=Deny")
+	Expect(err).To(HaveOccurred())
+	Expect(stderr).To(ContainSubstring("failurePolicy"))
+})
+
+var _ = Describe("helm install into a real API server", Ordered, func() {
+	const ns = "keepalive-system"
+	var stdout, stderr string
+
+	BeforeAll(func() {
+		Expect(env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
+			"pod-security.kubernetes.io/enforce": "restricted",
+			"pod-security.kubernetes.io/warn":    "restricted",
+		}}})).To(Succeed())
+		var err error
+		stdout, stderr, err = helm("install", "ka", chart, "--namespace", ns, "--kubeconfig", env.Kubeconfig,
+			"--set", "webhook.timeoutSeconds=5", "--set", "webhook.matchConditions=false",
+			"--set", "defaultPolicy.enabled=true")
+		Expect(err).NotTo(HaveOccurred(), stdout+stderr)
+	})
+
+	It("is accepted whole, under Pod Security restricted", func() {
+		Expect(stdout).To(ContainSubstring("STATUS: deployed"))
+		Expect(stderr).NotTo(ContainSubstring("PodSecurity"), "the pod template breaks the restricted profile")
+		for _, obj := range []client.Object{
+			&apiextensionsv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: "keepalivepolicies.keepalive.io"}},
+			&apiextensionsv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: "clusterkeepalivepolicies.keepalive.io"}},
+			&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ka-keepalive-operator"}},
+			&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ka-keepalive-operator-webhook"}},
+			&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ka-keepalive-operator-webhook-tls"}},
+			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ka-keepalive-operator"}},
+		} {
+			Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj)).To(Succeed(), "%T %s", obj, obj.GetName())
+		}
+		policy := &unstructured.Unstructured{}
+		policy.SetAPIVersion("keepalive.io/v1alpha1")
+		policy.SetKind("ClusterKeepalivePolicy")
+		Expect(env.Client.Get(ctx, client.ObjectKey{Name: "default"}, policy)).To(Succeed())
+	})
+
+	It("has the webhook settings of the values", func() {
+		wh := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		Expect(env.Client.Get(ctx, client.ObjectKey{Name: "ka-keepalive-operator"}, wh)).To(Succeed())
+		w := wh.Webhooks[0]
+		Expect(*w.FailurePolicy).To(Equal(admissionregistrationv1.Ignore))
+		Expect(*w.TimeoutSeconds).To(Equal(int32(5)))
+		Expect(*w.SideEffects).To(Equal(admissionregistrationv1.SideEffectClassNone))
+		Expect(*w.ReinvocationPolicy).To(Equal(admissionregistrationv1.NeverReinvocationPolicy))
+		Expect(w.Rules[0].Operations).To(Equal([]admissionregistrationv1.OperationType{admissionregistrationv1.Create}))
+		Expect(w.MatchConditions).To(BeEmpty())
+		Expect(w.NamespaceSelector.MatchExpressions[0].Values).To(ContainElements("kube-system", "kube-public", "kube-node-lease", ns))
+		Expect(w.ObjectSelector.MatchExpressions).To(ContainElement(HaveField("Key", "keepalive.io/inject")))
+		Expect(w.ClientConfig.Service.Name).To(Equal("ka-keepalive-operator-webhook"))
+	})
+
+	It("grants no Secrets outside its namespace and no write on pods", func() {
+		roles := &rbacv1.ClusterRoleList{}
+		Expect(env.Client.List(ctx, roles, client.MatchingLabels{"app.kubernetes.io/instance": "ka"})).To(Succeed())
+		Expect(roles.Items).NotTo(BeEmpty())
+		for _, role := range roles.Items {
+			for _, rule := range role.Rules {
+				Expect(rule.Resources).NotTo(ContainElement("secrets"), "ClusterRole %s", role.Name)
+				Expect(rule.Resources).NotTo(ContainElement("*"), "ClusterRole %s", role.Name)
+				if slicesContain(rule.APIGroups, "") && slicesContain(rule.Resources, "pods") {
+					Expect(rule.Verbs).To(ConsistOf("get", "list", "watch"), "ClusterRole %s", role.Name)
+				}
+			}
+		}
+		role := &rbacv1.Role{}
+		Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "ka-keepalive-operator"}, role)).To(Succeed())
+		Expect(role.Rules).To(ContainElement(HaveField("Resources", ContainElement("secrets"))))
+	})
+})
+
+func runtimeConvert(u *unstructured.Unstructured, into any) error {
+	return runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, into)
+}
+
+func slicesContain(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
