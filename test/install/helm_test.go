@@ -1,6 +1,6 @@
-// Package chart tests the Helm chart: lint, render, and install into a real
-// API server.
-package chart
+// Package install tests the two ways to install the operator, the Helm chart
+// and config/default, against a real API server.
+package install
 
 import (
 	"bytes"
@@ -33,9 +33,9 @@ var (
 	chart = filepath.Join(testenv.Root(), "charts", "keepalive-operator")
 )
 
-func TestChart(t *testing.T) {
+func TestInstall(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "chart suite")
+	RunSpecs(t, "install suite")
 }
 
 var _ = BeforeSuite(func() {
