@@ -26,6 +26,10 @@ help: ## Show this help.
 
 ##@ Development
 
+.PHONY: demo
+demo: ## See it work: a local control plane, the operator, the samples, a pod and a Deployment (DEMO_KEEP=1 keeps it running).
+	@assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" go run ./hack/demo
+
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate the DeepCopy methods of the API types.
 	$(CONTROLLER_GEN) object paths="./api/..."

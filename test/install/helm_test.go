@@ -122,10 +122,7 @@ var _ = Describe("helm install into a real API server", Ordered, func() {
 	var stdout, stderr string
 
 	BeforeAll(func() {
-		Expect(env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
-			"pod-security.kubernetes.io/enforce": "restricted",
-			"pod-security.kubernetes.io/warn":    "restricted",
-		}}})).To(Succeed())
+		ensureNamespace(ns)
 		var err error
 		stdout, stderr, err = helm("install", "ka", chart, "--namespace", ns, "--kubeconfig", env.Kubeconfig,
 			"--set", "webhook.timeoutSeconds=5", "--set", "webhook.matchConditions=false",
@@ -185,6 +182,16 @@ var _ = Describe("helm install into a real API server", Ordered, func() {
 		Expect(role.Rules).To(ContainElement(HaveField("Resources", ContainElement("secrets"))))
 	})
 })
+
+// ensureNamespace creates the namespace under the restricted Pod Security
+// profile, enforced and warned about, unless another spec did.
+func ensureNamespace(name string) {
+	err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		"pod-security.kubernetes.io/enforce": "restricted",
+		"pod-security.kubernetes.io/warn":    "restricted",
+	}}})
+	Expect(client.IgnoreAlreadyExists(err)).To(Succeed())
+}
 
 func runtimeConvert(u *unstructured.Unstructured, into any) error {
 	return runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, into)

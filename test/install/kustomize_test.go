@@ -15,6 +15,8 @@ var _ = It("renders config/default and the API server accepts it (server-side dr
 	}
 	Expect(rendered).To(ContainSubstring("image: ghcr.io/keepalive-operator/keepalive-operator:0.1.0"))
 
+	// A dry run creates no namespace for the namespaced objects to go into.
+	ensureNamespace("keepalive-system")
 	// The Helm spec may have installed the same CRDs: take over their fields
 	// in this dry run.
 	out, stderr, err := env.Kubectl(rendered, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-")
