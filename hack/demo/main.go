@@ -90,7 +90,12 @@ func run() error {
 	mctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(mctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			fmt.Fprintln(os.Stderr, "demo: the operator stopped with:", err)
+		}
+	}()
 	if !mgr.GetCache().WaitForCacheSync(ctx) {
 		return fmt.Errorf("the operator's cache did not sync")
 	}
