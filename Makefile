@@ -64,6 +64,11 @@ test: manifests generate fmt vet $(HELM) ## Run all tests (envtest suites agains
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" HELM="$(HELM)" go test ./... -coverprofile cover.out
 	go test ./internal/webhook/ -run '^$$' -fuzz '^FuzzAdmission$$' -fuzztime $(FUZZTIME)
 
+.PHONY: prove
+prove: ## Prove on real Linux TCP (network namespaces, as root) that the values keep idle flows alive and the defaults do not.
+	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" go test ./test/netlab/ -count=1 -v 2>&1 | \
+		grep -vE '^=== (RUN|PAUSE|CONT|NAME)'
+
 .PHONY: bench
 bench: ## Benchmark pod admission against its baselines and print the ratios (BENCHMARKS.md).
 	go test ./internal/webhook/ -run '^$$' -bench '^BenchmarkAdmission$$' -benchmem -count 5 | tee bench.out

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,21 +26,26 @@ const T = 6
 // serverPort is the port of the lab's server.
 const serverPort = "8080"
 
-type reportLine struct{ scenario, values, result, timings string }
+type reportLine struct {
+	order                             int
+	scenario, values, result, timings string
+}
 
 var (
 	reportMu sync.Mutex
 	report   []reportLine
 )
 
-func record(scenario, values, result, timings string) {
+// record adds a scenario's line to the report, which lists them by order.
+func record(order int, scenario, values, result, timings string) {
 	reportMu.Lock()
 	defer reportMu.Unlock()
-	report = append(report, reportLine{scenario, values, result, timings})
+	report = append(report, reportLine{order, scenario, values, result, timings})
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	sort.Slice(report, func(i, j int) bool { return report[i].order < report[j].order })
 	if len(report) > 0 {
 		fmt.Printf("\nPROOF ON THE WIRE: a middlebox that forgets TCP flows idle for T=%d s and resets what it forgot\n", T)
 		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -214,7 +220,7 @@ func TestKernelDefaultsLoseTheIdleFlow(t *testing.T) {
 	if len(seen) != 0 {
 		t.Errorf("the kernel defaults sent probes within %v: %v", idle, seen)
 	}
-	record("kernel defaults", "7200/75/9", "reset (ECONNRESET)", fmt.Sprintf("request after %v idle; %s", idle, timeline(seen)))
+	record(1, "kernel defaults", "7200/75/9", "reset (ECONNRESET)", fmt.Sprintf("request after %v idle; %s", idle, timeline(seen)))
 }
 
 func TestOperatorValuesKeepTheIdleFlow(t *testing.T) {
@@ -231,7 +237,7 @@ func TestOperatorValuesKeepTheIdleFlow(t *testing.T) {
 		t.Fatalf("after %v idle with %s, the request failed: %v", idle, describeValues(v), err)
 	}
 	checkProbes(t, seen, v, idle)
-	record("operator values, custom hop of T", describeValues(v), "alive", fmt.Sprintf("request after %v idle; %s", idle, timeline(seen)))
+	record(2, "operator values, custom hop of T", describeValues(v), "alive", fmt.Sprintf("request after %v idle; %s", idle, timeline(seen)))
 }
 
 // checkProbes holds the probes to the values: the first at time seconds,
@@ -286,7 +292,7 @@ func TestDeadPeerDetectedWithinDetectionSeconds(t *testing.T) {
 	if len(seen) != int(v.Probes) {
 		t.Errorf("%d unanswered probes, want %d", len(seen), v.Probes)
 	}
-	record("dead peer (middlebox drops all)", describeValues(v), "ETIMEDOUT",
+	record(5, "dead peer (middlebox drops all)", describeValues(v), "ETIMEDOUT",
 		fmt.Sprintf("after %.1f s (detectionSeconds %d); %s", took.Seconds(), v.DetectionSeconds(), timeline(seen)))
 }
 
@@ -316,5 +322,5 @@ func TestServerSideKeepaliveKeepsTheIdleFlow(t *testing.T) {
 		t.Fatalf("after %v idle with keepalive on the server only, the request failed: %v", idle, err)
 	}
 	checkProbes(t, seen, v, idle)
-	record("server-side keepalive only", describeValues(v)+" (server)", "alive", fmt.Sprintf("request after %v idle; server %s", idle, timeline(seen)))
+	record(4, "server-side keepalive only", describeValues(v)+" (server)", "alive", fmt.Sprintf("request after %v idle; server %s", idle, timeline(seen)))
 }
