@@ -330,13 +330,13 @@ func printReport(policies []client.Object, pods []*corev1.Pod, web *appsv1.Deplo
 		if p.Spec.SecurityContext != nil {
 			sysctls = p.Spec.SecurityContext.Sysctls
 		}
-		fmt.Fprintf(tw, "%s/%s\t%s\t%s\n", p.Namespace, p.Name, describe(sysctls), p.Annotations[keepalive.AnnotationPolicy])
+		fmt.Fprintf(tw, "%s/%s\t%s\t%s\n", p.Namespace, p.Name, keepalive.Describe(sysctls), p.Annotations[keepalive.AnnotationPolicy])
 	}
 	_ = tw.Flush()
 
 	fmt.Println()
 	fmt.Println("DEPLOYMENT shop/web, RUNNING BEFORE THE POLICIES, ITS TEMPLATE PATCHED BY THE RECONCILER")
-	fmt.Printf("  template sysctls: %s\n", describe(web.Spec.Template.Spec.SecurityContext.Sysctls))
+	fmt.Printf("  template sysctls: %s\n", keepalive.Describe(web.Spec.Template.Spec.SecurityContext.Sysctls))
 	fmt.Printf("  %s: %s\n", keepalive.AnnotationManagedSysctls, web.Annotations[keepalive.AnnotationManagedSysctls])
 	fmt.Println()
 }
@@ -347,12 +347,4 @@ func conditionSummary(s *v1alpha1.KeepalivePolicyStatus, t string) string {
 		return "-"
 	}
 	return string(c.Status) + " (" + c.Reason + ")"
-}
-
-func describe(sysctls []corev1.Sysctl) string {
-	parts := make([]string, len(sysctls))
-	for i, s := range sysctls {
-		parts[i] = s.Name + "=" + s.Value
-	}
-	return strings.Join(parts, " ")
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -455,20 +456,8 @@ func sortedKeys(m map[workloadKey]bool) []workloadKey {
 	for k := range m {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b workloadKey) int {
-		return cmpStrings(a.String(), b.String())
-	})
+	slices.SortFunc(keys, func(a, b workloadKey) int { return strings.Compare(a.String(), b.String()) })
 	return keys
-}
-
-func cmpStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // changeResult says what became of a template change.
@@ -540,10 +529,10 @@ func (r *reconciler[T]) changeTemplate(ctx context.Context, pol T, key workloadK
 			res.rolling = true
 		}
 		if sysctlsChanged {
-			note := fmt.Sprintf("pod template sysctls of %s set to %s", key, describeSysctls(next))
+			note := fmt.Sprintf("pod template sysctls of %s set to %s", key, keepalive.Describe(next))
 			r.events.Eventf(pol, obj, corev1.EventTypeNormal, "TemplatePatched", "Rollout", "%s", note)
 			r.events.Eventf(obj, pol, corev1.EventTypeNormal, "TemplatePatched", "Rollout", "%s by %s", note, r.ref(pol.GetNamespace(), pol.GetName()))
-			log.Info("pod template patched", "sysctls", describeSysctls(next))
+			log.Info("pod template patched", "sysctls", keepalive.Describe(next))
 		}
 		return nil
 	})
@@ -560,20 +549,6 @@ func (r *reconciler[T]) changeTemplate(ctx context.Context, pol T, key workloadK
 // podTemplateRolls says whether a template change replaces running pods.
 func podTemplateRolls(kind string) bool {
 	return kind == kindDeployment || kind == kindStatefulSet || kind == kindDaemonSet
-}
-
-func describeSysctls(s []corev1.Sysctl) string {
-	if len(s) == 0 {
-		return "none"
-	}
-	out := ""
-	for i, x := range s {
-		if i > 0 {
-			out += ", "
-		}
-		out += x.Name + "=" + x.Value
-	}
-	return out
 }
 
 // controllerOptions are the options of both controllers.

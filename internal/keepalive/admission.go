@@ -129,7 +129,7 @@ func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision
 	if p.Mode == v1alpha1.ModeAudit {
 		d.Skip = SkipAudit
 		if m.Changed {
-			d.Warnings = []string{"keepalive.io: " + p.name + " (Audit) would set " + describe(p.sysctls)}
+			d.Warnings = []string{"keepalive.io: " + p.name + " (Audit) would set " + Describe(p.sysctls)}
 		}
 		return d
 	}
@@ -142,8 +142,8 @@ func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision
 	if len(m.Replaced) > 0 {
 		raw, _ := json.Marshal(m.Replaced) // a []Sysctl of strings always marshals
 		d.Annotations = append(d.Annotations, Annotation{AnnotationOriginalSysctls, string(raw)})
-		d.Warnings = append(d.Warnings, "keepalive.io: "+p.name+" replaced "+describe(m.Replaced)+
-			" with "+describe(replacements(m))+"; the originals are in annotation "+AnnotationOriginalSysctls)
+		d.Warnings = append(d.Warnings, "keepalive.io: "+p.name+" replaced "+Describe(m.Replaced)+
+			" with "+Describe(replacements(m))+"; the originals are in annotation "+AnnotationOriginalSysctls)
 	}
 	return d
 }
@@ -217,7 +217,8 @@ func replacements(m Merge) []corev1.Sysctl {
 	return out
 }
 
-func describe(sysctls []corev1.Sysctl) string {
+// Describe writes sysctls as "name=value, name=value" for messages.
+func Describe(sysctls []corev1.Sysctl) string {
 	parts := make([]string, len(sysctls))
 	for i, s := range sysctls {
 		parts[i] = s.Name + "=" + s.Value
