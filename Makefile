@@ -95,6 +95,18 @@ build: generate fmt vet ## Build the operator binary into bin/.
 run: manifests generate ## Run the operator against the cluster of the current kubeconfig.
 	go run ./cmd/keepalive-operator --metrics-bind-address=0
 
+IMAGES = $(LOCALBIN)/images
+
+.PHONY: image-archives
+image-archives: ## Build OCI image archives of the operator, the pause program and the test application into bin/images, for a node without a registry.
+	mkdir -p $(IMAGES)
+	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/keepalive-operator ./cmd/keepalive-operator
+	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/pause ./test/e2e/images/pause
+	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/tcpapp ./test/e2e/images/tcpapp
+	go run ./hack/ociarchive -binary $(IMAGES)/keepalive-operator -name keepalive-operator:e2e -o $(IMAGES)/keepalive-operator.tar
+	go run ./hack/ociarchive -binary $(IMAGES)/pause -name keepalive-e2e/pause:1 -o $(IMAGES)/pause.tar
+	go run ./hack/ociarchive -binary $(IMAGES)/tcpapp -name keepalive-e2e/tcpapp:1 -o $(IMAGES)/tcpapp.tar
+
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine).
 	docker build -t $(IMG) .
