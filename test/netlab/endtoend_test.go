@@ -2,7 +2,6 @@ package netlab
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strconv"
 	"testing"
@@ -93,27 +92,21 @@ func admittedSysctls(t *testing.T) []corev1.Sysctl {
 func TestAdmittedPodKeepsTheIdleFlow(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	sysctls := admittedSysctls(t)
-	// Apply them to the client namespace as a container runtime applies a
-	// pod's sysctls to its sandbox.
-	values := map[string]int{}
-	for _, s := range sysctls {
+	// The pod's values, read from its spec as the kubelet reads them.
+	var v keepalive.Values
+	for _, s := range admittedSysctls(t) {
 		n, err := strconv.Atoi(s.Value)
 		if err != nil {
 			t.Fatalf("sysctl %s=%q", s.Name, s.Value)
 		}
-		values[s.Name] = n
+		switch s.Name {
+		case keepalive.SysctlTime:
+			v.TimeSeconds = int32(n)
+		case keepalive.SysctlInterval:
+			v.IntervalSeconds = int32(n)
+		case keepalive.SysctlProbes:
+			v.Probes = int32(n)
+		}
 	}
-	v := keepalive.Values{TimeSeconds: int32(values[keepalive.SysctlTime]), IntervalSeconds: int32(values[keepalive.SysctlInterval]), Probes: int32(values[keepalive.SysctlProbes])}
-	if err := l.SetKeepalive(l.Client, int(v.TimeSeconds), int(v.IntervalSeconds), int(v.Probes)); err != nil {
-		t.Fatal(err)
-	}
-	serve(t, l, sysctlsKeepalive)
-	idle := 3 * T * time.Second
-	seen, err := idleClient(t, l, idle)
-	if err != nil {
-		t.Fatalf("after %v idle with the admitted %s, the request failed: %v", idle, describeValues(v), err)
-	}
-	checkProbes(t, seen, v, idle)
-	record(3, "pod admitted by the webhook (envtest)", describeValues(v), "alive", fmt.Sprintf("request after %v idle; %s", idle, timeline(seen)))
+	keepsIdleFlow(t, l, v, 3, "pod admitted by the webhook (envtest)")
 }

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // The lab's addresses: the client side and the server side of the middlebox.
@@ -120,12 +121,14 @@ func (l *Lab) Close() {
 	}
 }
 
-// SetKeepalive writes the three keepalive sysctls of a namespace.
-func (l *Lab) SetKeepalive(ns string, time, interval, probes int) error {
-	return run(nil, "ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-		fmt.Sprintf("net.ipv4.tcp_keepalive_time=%d", time),
-		fmt.Sprintf("net.ipv4.tcp_keepalive_intvl=%d", interval),
-		fmt.Sprintf("net.ipv4.tcp_keepalive_probes=%d", probes))
+// SetSysctls writes sysctls into a namespace, as a container runtime
+// applies a pod's sysctls to its sandbox.
+func (l *Lab) SetSysctls(ns string, sysctls []corev1.Sysctl) error {
+	args := []string{"ip", "netns", "exec", ns, "sysctl", "-q", "-w"}
+	for _, s := range sysctls {
+		args = append(args, s.Name+"="+s.Value)
+	}
+	return run(nil, args...)
 }
 
 // Blackhole makes the middlebox drop every forwarded packet, as a peer that

@@ -227,7 +227,14 @@ func TestOperatorValuesKeepTheIdleFlow(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
 	v := operatorValues(t)
-	if err := l.SetKeepalive(l.Client, int(v.TimeSeconds), int(v.IntervalSeconds), int(v.Probes)); err != nil {
+	keepsIdleFlow(t, l, v, 2, "operator values, custom hop of T")
+}
+
+// keepsIdleFlow gives the client namespace the values and checks that a
+// connection outlives 3×T of idleness, with a probe every time seconds.
+func keepsIdleFlow(t *testing.T, l *Lab, v keepalive.Values, order int, scenario string) {
+	t.Helper()
+	if err := l.SetSysctls(l.Client, v.Sysctls()); err != nil {
 		t.Fatal(err)
 	}
 	serve(t, l, sysctlsKeepalive)
@@ -237,7 +244,7 @@ func TestOperatorValuesKeepTheIdleFlow(t *testing.T) {
 		t.Fatalf("after %v idle with %s, the request failed: %v", idle, describeValues(v), err)
 	}
 	checkProbes(t, seen, v, idle)
-	record(2, "operator values, custom hop of T", describeValues(v), "alive", fmt.Sprintf("request after %v idle; %s", idle, timeline(seen)))
+	record(order, scenario, describeValues(v), "alive", fmt.Sprintf("request after %v idle; %s", idle, timeline(seen)))
 }
 
 // checkProbes holds the probes to the values: the first at time seconds,
@@ -260,7 +267,7 @@ func TestDeadPeerDetectedWithinDetectionSeconds(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
 	v := operatorValues(t)
-	if err := l.SetKeepalive(l.Client, int(v.TimeSeconds), int(v.IntervalSeconds), int(v.Probes)); err != nil {
+	if err := l.SetSysctls(l.Client, v.Sysctls()); err != nil {
 		t.Fatal(err)
 	}
 	serve(t, l, sysctlsKeepalive)
@@ -300,7 +307,7 @@ func TestServerSideKeepaliveKeepsTheIdleFlow(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
 	v := operatorValues(t)
-	if err := l.SetKeepalive(l.Server, int(v.TimeSeconds), int(v.IntervalSeconds), int(v.Probes)); err != nil {
+	if err := l.SetSysctls(l.Server, v.Sysctls()); err != nil {
 		t.Fatal(err)
 	}
 	serve(t, l, sysctlsKeepalive)
