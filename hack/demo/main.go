@@ -24,8 +24,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/yaml"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
@@ -69,14 +67,9 @@ func run() error {
 	c := env.Client
 
 	step("starting the operator in-process: webhook server, reconcilers")
-	wh := env.WebhookInstallOptions
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Cache:                  cache.Options{DefaultTransform: controller.StripForCache},
-		WebhookServer:          ctrlwebhook.NewServer(ctrlwebhook.Options{Host: wh.LocalServingHost, Port: wh.LocalServingPort, CertDir: wh.LocalServingCertDir}),
-	})
+	mo := env.ManagerOptions()
+	mo.Cache = cache.Options{DefaultTransform: controller.StripForCache}
+	mgr, err := ctrl.NewManager(env.Config, mo)
 	if err != nil {
 		return err
 	}

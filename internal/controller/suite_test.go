@@ -12,7 +12,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
@@ -46,12 +45,9 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient = env.Client
 
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Cache:                  cache.Options{DefaultTransform: StripForCache},
-	})
+	mo := env.ManagerOptions()
+	mo.Cache = cache.Options{DefaultTransform: StripForCache}
+	mgr, err := ctrl.NewManager(env.Config, mo)
 	Expect(err).NotTo(HaveOccurred())
 	Expect(Setup(mgr, Options{
 		Cluster:               func() keepalive.Cluster { return keepalive.Cluster{Minor: 36, OperatorNamespace: "keepalive-system"} },

@@ -14,8 +14,11 @@ import (
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 )
@@ -84,6 +87,21 @@ func Start(install int, warnings rest.WarningHandler, tmp string) (*Env, error) 
 	}
 	e.Kubeconfig = filepath.Join(tmp, "kubeconfig")
 	return e, os.WriteFile(e.Kubeconfig, raw, 0o600)
+}
+
+// ManagerOptions are the options of a manager for the operator's code on
+// this control plane: no metrics or probe listeners, and the webhook server
+// where the installed webhook configuration points.
+func (e *Env) ManagerOptions() ctrl.Options {
+	o := ctrl.Options{
+		Scheme:                 e.Scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+	}
+	if wh := e.WebhookInstallOptions; wh.LocalServingPort != 0 {
+		o.WebhookServer = webhook.NewServer(webhook.Options{Host: wh.LocalServingHost, Port: wh.LocalServingPort, CertDir: wh.LocalServingCertDir})
+	}
+	return o
 }
 
 // Kubectl runs the kubectl of KUBEBUILDER_ASSETS as an administrator, with

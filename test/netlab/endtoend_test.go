@@ -11,8 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
@@ -36,11 +34,7 @@ func admittedSysctls(t *testing.T) []corev1.Sysctl {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Stop() })
-	wh := env.WebhookInstallOptions
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
-		WebhookServer: ctrlwebhook.NewServer(ctrlwebhook.Options{Host: wh.LocalServingHost, Port: wh.LocalServingPort, CertDir: wh.LocalServingCertDir}),
-	})
+	mgr, err := ctrl.NewManager(env.Config, env.ManagerOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
