@@ -20,7 +20,6 @@ import (
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -549,9 +548,4 @@ func (r *reconciler[T]) changeTemplate(ctx context.Context, pol T, key workloadK
 // podTemplateRolls says whether a template change replaces running pods.
 func podTemplateRolls(kind string) bool {
 	return kind == kindDeployment || kind == kindStatefulSet || kind == kindDaemonSet
-}
-
-// controllerOptions are the options of both controllers.
-func (r *reconciler[T]) controllerOptions() controller.Options {
-	return controller.Options{MaxConcurrentReconciles: r.opts.MaxConcurrentReconciles}
 }

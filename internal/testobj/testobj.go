@@ -127,13 +127,9 @@ func (w *PodWrapper) Obj() *corev1.Pod { return w.DeepCopy() }
 
 // Owner makes obj the pod's controller.
 func (w *PodWrapper) Owner(obj metav1.Object, apiVersion, kind string) *PodWrapper {
-	w.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(obj, schemaGVK(apiVersion, kind))}
+	w.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(obj, schema.FromAPIVersionAndKind(apiVersion, kind))}
 	return w
 }
 
 // Node puts the pod on a node.
 func (w *PodWrapper) Node(name string) *PodWrapper { w.Spec.NodeName = name; return w }
-
-func schemaGVK(apiVersion, kind string) schema.GroupVersionKind {
-	return schema.FromAPIVersionAndKind(apiVersion, kind)
-}
