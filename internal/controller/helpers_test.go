@@ -154,6 +154,8 @@ func templateOf(obj client.Object) ([]corev1.Sysctl, string) {
 		t = &o.Spec.Template
 	case *appsv1.DaemonSet:
 		t = &o.Spec.Template
+	case *appsv1.ReplicaSet:
+		t = &o.Spec.Template
 	case *batchv1.CronJob:
 		t = &o.Spec.JobTemplate.Spec.Template
 	case *batchv1.Job:

@@ -119,6 +119,7 @@ func (r *reconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (result
 	if err := r.client.Get(ctx, req.NamespacedName, obj); err != nil {
 		if apierrors.IsNotFound(err) {
 			forgetPods(r.ref(req.Namespace, req.Name).String())
+			r.rollouts.setWaiting(r.kind, req.NamespacedName, false)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, fmt.Errorf("get %s: %w", r.kind, err)
@@ -353,6 +354,12 @@ func (r *reconciler[T]) managedBy(ctx context.Context, ref keepalive.Ref) (map[w
 		}
 		if err := meta.EachListItem(list, func(o runtime.Object) error {
 			obj := o.(client.Object)
+			// The Deployment controller copies a Deployment's annotations,
+			// the record included, to its ReplicaSets: only the Deployment
+			// is ours to change.
+			if kind == kindReplicaSet && metav1.GetControllerOf(obj) != nil {
+				return nil
+			}
 			if m, ok, _ := keepalive.ParseManaged(obj.GetAnnotations()); ok && m.Policy == ref.String() {
 				out[workloadKey{Kind: kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}] = true
 			}
@@ -367,8 +374,11 @@ func (r *reconciler[T]) managedBy(ctx context.Context, ref keepalive.Ref) (map[w
 // rollOut patches the templates of the workloads with stale pods, and
 // re-patches those the policy patched before when its values changed, within
 // the rollout limit.
-func (r *reconciler[T]) rollOut(ctx context.Context, obj T, pol *keepalive.Policy, stale map[workloadKey]bool) (rollout, error) {
-	var w rollout
+func (r *reconciler[T]) rollOut(ctx context.Context, obj T, pol *keepalive.Policy, stale map[workloadKey]bool) (w rollout, err error) {
+	defer r.noteWaiting(obj, &w)
+	if err := r.freeFinished(ctx); err != nil {
+		return w, err
+	}
 	managed, err := r.managedBy(ctx, pol.Ref)
 	if err != nil {
 		return w, err
@@ -410,8 +420,11 @@ func (r *reconciler[T]) rollOut(ctx context.Context, obj T, pol *keepalive.Polic
 
 // restoreAll restores the templates the policy patched, within the rollout
 // limit.
-func (r *reconciler[T]) restoreAll(ctx context.Context, obj T, ref string) (rollout, error) {
-	var w rollout
+func (r *reconciler[T]) restoreAll(ctx context.Context, obj T, ref string) (w rollout, err error) {
+	defer r.noteWaiting(obj, &w)
+	if err := r.freeFinished(ctx); err != nil {
+		return w, err
+	}
 	parsed, err := keepalive.ParseRef(ref)
 	if err != nil {
 		return w, err
@@ -435,6 +448,30 @@ func (r *reconciler[T]) restoreAll(ctx context.Context, obj T, ref string) (roll
 		}
 	}
 	return w, nil
+}
+
+// freeFinished frees the slots of workloads done rolling or gone. A
+// restored workload has no record left to lead a pass back to it, so every
+// pass looks at all the slots.
+func (r *reconciler[T]) freeFinished(ctx context.Context) error {
+	for _, key := range r.rollouts.held() {
+		obj := newWorkload(key.Kind)
+		err := r.client.Get(ctx, client.ObjectKey{Namespace: key.Namespace, Name: key.Name}, obj)
+		switch {
+		case apierrors.IsNotFound(err):
+			r.rollouts.release(key)
+		case err != nil:
+			return fmt.Errorf("get %s: %w", key, err)
+		default:
+			r.rollouts.observe(key, obj)
+		}
+	}
+	return nil
+}
+
+// noteWaiting records whether the policy waits for a slot.
+func (r *reconciler[T]) noteWaiting(obj T, w *rollout) {
+	r.rollouts.setWaiting(r.kind, client.ObjectKeyFromObject(obj), w.pending > 0)
 }
 
 func (r *reconciler[T]) policyExists(ctx context.Context, ref string) bool {
@@ -528,7 +565,11 @@ func (r *reconciler[T]) changeTemplate(ctx context.Context, pol T, key workloadK
 			res.rolling = true
 		}
 		if sysctlsChanged {
-			note := fmt.Sprintf("pod template sysctls of %s set to %s", key, keepalive.Describe(next))
+			desc := keepalive.Describe(next)
+			if desc == "" {
+				desc = "none"
+			}
+			note := fmt.Sprintf("pod template sysctls of %s set to %s", key, desc)
 			r.events.Eventf(pol, obj, corev1.EventTypeNormal, "TemplatePatched", "Rollout", "%s", note)
 			r.events.Eventf(obj, pol, corev1.EventTypeNormal, "TemplatePatched", "Rollout", "%s by %s", note, r.ref(pol.GetNamespace(), pol.GetName()))
 			log.Info("pod template patched", "sysctls", keepalive.Describe(next))

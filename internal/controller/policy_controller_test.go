@@ -8,6 +8,7 @@ import (
 	"github.com/onsi/gomega/gstruct"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -177,6 +178,30 @@ var _ = Describe("rollout", func() {
 		Expect(record).To(BeEmpty())
 	})
 
+	It("leaves alone a Deployment's ReplicaSets, which carry copies of its record", func() {
+		ns := newNamespace(nil)
+		d := deployment(ns, "api", userOwn)
+		p := testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns, "nlb")
+		createPolicy(p)
+		Eventually(sysctlsOf).WithArguments(d).ShouldNot(Equal(userOwn))
+		patched, record := templateOf(d)
+
+		By("copying the patched template and the record to a new ReplicaSet, as the Deployment controller does")
+		rs := &appsv1.ReplicaSet{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "api-2",
+				Annotations:     map[string]string{keepalive.AnnotationManagedSysctls: record},
+				OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(d, appsv1.SchemeGroupVersion.WithKind("Deployment"))}},
+			Spec: appsv1.ReplicaSetSpec{Selector: selector("api"), Template: makeTemplate("api", patched)},
+		}
+		create(rs)
+		finishRollout(d)
+		Eventually(status(p)).Should(HaveField("Workloads", gstruct.PointTo(Equal(v1alpha1.WorkloadCounts{Patched: 1}))))
+
+		Expect(k8sClient.Delete(ctx, p)).To(Succeed())
+		Eventually(func() []corev1.Sysctl { return sysctlsOf(d) }).Should(Equal(userOwn))
+		Expect(sysctlsOf(rs)).To(Equal(patched), "the operator changed a ReplicaSet its Deployment owns")
+	})
+
 	It("restores and patches nothing with rollout: None", func() {
 		ns := newNamespace(nil)
 		patched := deployment(ns, "patched", userOwn)
@@ -194,7 +219,7 @@ var _ = Describe("rollout", func() {
 })
 
 var _ = Describe("the rollout limit", Serial, func() {
-	It("rolls at most 3 Deployments at once and drains the queue as they complete", func() {
+	It("rolls at most 3 Deployments at once, patching and restoring, and drains the queue as they complete", func() {
 		ns := newNamespace(nil)
 		var deployments []*appsv1.Deployment
 		for i := range 8 {
@@ -226,8 +251,28 @@ var _ = Describe("the rollout limit", Serial, func() {
 		Eventually(status(p)).Should(HaveField("Conditions", ContainElement(And(
 			HaveField("Type", ConditionReady), HaveField("Status", metav1.ConditionTrue)))))
 
-		// Deleting the workloads first leaves the policy nothing to restore:
-		// no controller would roll the restored templates out here.
+		By("deleting the policy: the restores take the same slots and drain as they complete")
+		Expect(k8sClient.Delete(ctx, p)).To(Succeed())
+		restoredNow := func() (restored []*appsv1.Deployment) {
+			for _, d := range deployments {
+				if _, record := templateOf(d); record == "" {
+					restored = append(restored, d)
+				}
+			}
+			return restored
+		}
+		finished = map[string]bool{}
+		for _, want := range []int{3, 6, 8} {
+			Eventually(func() int { return len(restoredNow()) }).Should(Equal(want))
+			Consistently(func() int { return len(restoredNow()) }, "1500ms").Should(Equal(want), "more than %d rolling at once", maxRollouts)
+			for _, d := range restoredNow() {
+				if !finished[d.Name] {
+					finishRollout(d)
+					finished[d.Name] = true
+				}
+			}
+		}
+		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(p), p) }).Should(WithTransform(apierrors.IsNotFound, BeTrue()))
 		for _, d := range deployments {
 			Expect(k8sClient.Delete(ctx, d)).To(Succeed())
 		}

@@ -4,6 +4,7 @@ import (
 	"math"
 	"sync"
 
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -19,11 +20,14 @@ type Rollouts struct {
 	// before the slot frees: what the operator's change made it, or 0 for a
 	// rollout found under way.
 	rolling map[workloadKey]int64
+	// waiting are the policies, by kind, with template changes waiting for
+	// a slot: a slot that frees wakes them.
+	waiting map[string]map[types.NamespacedName]bool
 }
 
 // NewRollouts allows max workloads to roll at once.
 func NewRollouts(max int) *Rollouts {
-	return &Rollouts{max: max, rolling: map[workloadKey]int64{}}
+	return &Rollouts{max: max, rolling: map[workloadKey]int64{}, waiting: map[string]map[types.NamespacedName]bool{}}
 }
 
 // acquire takes a slot for a template change of the workload; a workload
@@ -75,4 +79,47 @@ func (r *Rollouts) observe(k workloadKey, obj client.Object) bool {
 	}
 	rolloutsInProgress.Set(float64(len(r.rolling)))
 	return isRolling
+}
+
+// held lists the workloads that hold a slot.
+func (r *Rollouts) held() []workloadKey {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	keys := make([]workloadKey, 0, len(r.rolling))
+	for k := range r.rolling {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func (r *Rollouts) holds(k workloadKey) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.rolling[k]
+	return ok
+}
+
+// setWaiting records whether a policy has changes waiting for a slot.
+func (r *Rollouts) setWaiting(kind string, policy types.NamespacedName, waiting bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if waiting {
+		if r.waiting[kind] == nil {
+			r.waiting[kind] = map[types.NamespacedName]bool{}
+		}
+		r.waiting[kind][policy] = true
+	} else {
+		delete(r.waiting[kind], policy)
+	}
+}
+
+// waiters lists the policies of a kind waiting for a slot.
+func (r *Rollouts) waiters(kind string) []types.NamespacedName {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]types.NamespacedName, 0, len(r.waiting[kind]))
+	for p := range r.waiting[kind] {
+		out = append(out, p)
+	}
+	return out
 }

@@ -40,13 +40,22 @@ func (r *reconciler[T]) setup(mgr ctrl.Manager) error {
 	return b.Complete(r)
 }
 
-// workloadEvents enqueues the policy a workload's record names, and frees
-// the rollout slot of a workload that is deleted.
+// workloadEvents enqueues the policy a workload's record names, frees the
+// rollout slot of a workload that is deleted, and wakes the policies waiting
+// for a slot when a workload holding one stops rolling or is deleted.
 func (r *reconciler[T]) workloadEvents(kind string) handler.EventHandler {
 	enqueue := func(ctx context.Context, obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		for _, req := range r.forRecord(ctx, obj) {
 			q.Add(req)
 		}
+	}
+	wake := func(q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		for _, p := range r.rollouts.waiters(r.kind) {
+			q.Add(reconcile.Request{NamespacedName: p})
+		}
+	}
+	key := func(obj client.Object) workloadKey {
+		return workloadKey{Kind: kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
 	}
 	return handler.Funcs{
 		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
@@ -54,10 +63,14 @@ func (r *reconciler[T]) workloadEvents(kind string) handler.EventHandler {
 		},
 		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			enqueue(ctx, e.ObjectNew, q)
+			if r.rollouts.holds(key(e.ObjectNew)) && !rolling(e.ObjectNew) {
+				wake(q)
+			}
 		},
 		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			r.rollouts.release(workloadKey{Kind: kind, Namespace: e.Object.GetNamespace(), Name: e.Object.GetName()})
+			r.rollouts.release(key(e.Object))
 			enqueue(ctx, e.Object, q)
+			wake(q)
 		},
 	}
 }
