@@ -96,14 +96,18 @@ func (s *Store) apply(obj any, deleted bool) {
 		pol keepalive.Policy
 		err error
 	)
+	// A policy being deleted applies to no new pod: its finalizer is
+	// undoing what it changed.
 	switch o := obj.(type) {
 	case *v1alpha1.KeepalivePolicy:
 		ref = keepalive.Ref{Kind: keepalive.KindKeepalivePolicy, Namespace: o.Namespace, Name: o.Name}
+		deleted = deleted || o.DeletionTimestamp != nil
 		if !deleted {
 			pol, err = keepalive.NewPolicy(o)
 		}
 	case *v1alpha1.ClusterKeepalivePolicy:
 		ref = keepalive.Ref{Kind: keepalive.KindClusterKeepalivePolicy, Name: o.Name}
+		deleted = deleted || o.DeletionTimestamp != nil
 		if !deleted {
 			pol, err = keepalive.NewClusterPolicy(o)
 		}

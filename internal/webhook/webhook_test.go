@@ -110,6 +110,25 @@ var _ = Describe("the pod webhook", func() {
 		Expect(warnings.take()).To(ConsistOf(ContainSubstring("replaced net.ipv4.tcp_keepalive_time=7200 with net.ipv4.tcp_keepalive_time=175")))
 	})
 
+	It("stops applying a policy being deleted, while its finalizer undoes its changes", func() {
+		ns := newNamespace(nil)
+		p := testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns, "leaving")
+		p.Finalizers = []string{"keepalive.io/restore"}
+		Expect(k8sClient.Create(ctx, p)).To(Succeed())
+		Eventually(storeHas).WithArguments(refOf(p)).Should(BeTrue())
+		Expect(sysctlsOf(createPod(testobj.MakePod(ns, "before").Obj()))).To(Equal(keepaliveSysctls("175", "30")))
+
+		Expect(k8sClient.Delete(ctx, p)).To(Succeed())
+		Eventually(storeHas).WithArguments(refOf(p)).Should(BeFalse())
+		pod := createPod(testobj.MakePod(ns, "during").Obj())
+		Expect(sysctlsOf(pod)).To(BeEmpty())
+		Expect(pod.Annotations).NotTo(HaveKey(keepalive.AnnotationPolicy))
+
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(p), p)).To(Succeed())
+		p.Finalizers = nil
+		Expect(k8sClient.Update(ctx, p)).To(Succeed())
+	})
+
 	It("admits hostNetwork and Windows pods unchanged", func() {
 		ns := newNamespace(nil)
 		createPolicy(testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns, "nlb"))
