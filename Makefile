@@ -46,7 +46,7 @@ fmt: ## Run go fmt.
 
 .PHONY: vet
 vet: ## Run go vet.
-	go vet ./...
+	go vet -tags e2e ./...
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run golangci-lint.
@@ -63,6 +63,20 @@ FUZZTIME ?= 30s
 test: manifests generate fmt vet $(HELM) ## Run all tests (envtest suites against a real kube-apiserver and etcd), then fuzz admission.
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" HELM="$(HELM)" go test ./... -coverprofile cover.out
 	go test ./internal/webhook/ -run '^$$' -fuzz '^FuzzAdmission$$' -fuzztime $(FUZZTIME)
+
+# Where hack/local-cluster.sh keeps the local cluster's state and kubeconfig.
+export LOCAL_CLUSTER_DIR ?= /tmp/keepalive-local-cluster
+E2E_TIMEOUT ?= 30m
+
+.PHONY: test-e2e
+test-e2e: image-archives $(HELM) ## End to end on a local single-node cluster with a real kubelet (root; E2E_KEEP=1 leaves the cluster up).
+	go test -c -tags e2e -o $(LOCALBIN)/e2e.test ./test/e2e
+	hack/local-cluster.sh up
+	status=0; hack/local-cluster.sh run env KUBECONFIG=$(LOCAL_CLUSTER_DIR)/kubeconfig HELM=$(HELM) \
+		KUBECTL="$$(hack/setup-envtest.sh)/kubectl" TCPAPP=$(IMAGES)/tcpapp \
+		$(LOCALBIN)/e2e.test -test.timeout $(E2E_TIMEOUT) -ginkgo.v || status=$$?; \
+	[ -n "$(E2E_KEEP)" ] || hack/local-cluster.sh down; \
+	exit $$status
 
 .PHONY: prove
 prove: ## Prove on real Linux TCP (network namespaces, as root) that the values keep idle flows alive and the defaults do not.

@@ -50,47 +50,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
 
-# kube-apiserver and kubectl: k8s.io/kubernetes replaces its staging modules
-# with local folders, so a module that requires it must replace each of them
-# with the published module of the same release.
-k8s_mod=$(cd "$work" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-[ -f "$k8s_mod" ] || die "could not download k8s.io/kubernetes@v$K8S_VERSION from the module proxy"
-staging_version="v0.${K8S_VERSION#1.}"
-mkdir -p "$work/k8s" "$work/etcd" "$DEST.tmp"
-{
-  echo "module envtestbuild"
-  echo "go $(go env GOVERSION | sed 's/^go//; s/^\([0-9]*\.[0-9]*\).*/\1/')"
-  echo "require k8s.io/kubernetes v$K8S_VERSION"
-  echo "replace ("
-  sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$k8s_mod" |
-    while read -r m; do
-      # Only the staging modules k8s.io/kubernetes requires are published for every release.
-      grep -q "^[[:space:]]*$m v" "$k8s_mod" && echo "	$m => $m $staging_version"
-    done
-  echo ")"
-} > "$work/k8s/go.mod"
-cat > "$work/k8s/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-minor=$(echo "$K8S_VERSION" | cut -d. -f2)
-pkg=k8s.io/component-base/version
-ldflags="-s -w -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-(
-  cd "$work/k8s"
-  say "resolving k8s.io/kubernetes v$K8S_VERSION modules"
-  GOFLAGS=-mod=mod go mod tidy >"$work/tidy.log" 2>&1 || { cat "$work/tidy.log" >&2; die "go mod tidy failed for k8s.io/kubernetes v$K8S_VERSION"; }
-  say "building kube-apiserver"
-  CGO_ENABLED=0 go build -ldflags "$ldflags" -o "$DEST.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver >&2
-  say "building kubectl"
-  CGO_ENABLED=0 go build -ldflags "$ldflags" -o "$DEST.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl >&2
-) || die "building Kubernetes $K8S_VERSION binaries failed"
+mkdir -p "$work/etcd"
+"$(dirname "$0")/build-k8s.sh" "$K8S_VERSION" "$DEST.tmp" kube-apiserver kubectl
 
 (
   cd "$work/etcd"

@@ -46,7 +46,7 @@ func Requirements() string {
 // Lab is one set of namespaces.
 type Lab struct {
 	Client, Middlebox, Server string
-	prefix                    string
+	ownClient                 bool
 }
 
 var labs atomic.Int32
@@ -54,11 +54,30 @@ var labs atomic.Int32
 // New builds a lab whose middlebox forgets flows idle for idleTimeout
 // seconds. Close removes it.
 func New(idleTimeout int) (*Lab, error) {
+	return build(idleTimeout, "", nil)
+}
+
+// NewBehind builds a lab whose client side is the existing namespace client,
+// a Kubernetes node's say: the client reaches the server through the
+// middlebox, and the middlebox routes clientNets (the node's pod range) back
+// to it. Close leaves client in place, without the lab's link and route.
+func NewBehind(client string, clientNets []string, idleTimeout int) (*Lab, error) {
+	return build(idleTimeout, client, clientNets)
+}
+
+func build(idleTimeout int, client string, clientNets []string) (*Lab, error) {
 	n := labs.Add(1)
 	p := fmt.Sprintf("kl%d-%d", os.Getpid()%100000, n)
-	l := &Lab{Client: p + "-c", Middlebox: p + "-m", Server: p + "-s", prefix: p}
-	steps := [][]string{
-		{"ip", "netns", "add", l.Client},
+	l := &Lab{Client: client, Middlebox: p + "-m", Server: p + "-s"}
+	var steps [][]string
+	// A lab's own client sends everything through the middlebox; a node only
+	// what goes to the server.
+	clientDst := ServerIP + "/32"
+	if client == "" {
+		l.Client, l.ownClient, clientDst = p+"-c", true, "default"
+		steps = append(steps, []string{"ip", "netns", "add", l.Client})
+	}
+	steps = append(steps, [][]string{
 		{"ip", "netns", "add", l.Middlebox},
 		{"ip", "netns", "add", l.Server},
 		// veth pairs, created in the middlebox and moved to the ends.
@@ -68,7 +87,7 @@ func New(idleTimeout int) (*Lab, error) {
 		{"ip", "-n", l.Middlebox, "addr", "add", MiddleboxCIP + "/24", "dev", "mc"},
 		{"ip", "-n", l.Middlebox, "addr", "add", MiddleboxSIP + "/24", "dev", "ms"},
 		{"ip", "-n", l.Server, "addr", "add", ServerIP + "/24", "dev", "sm"},
-	}
+	}...)
 	for _, ns := range []string{l.Client, l.Middlebox, l.Server} {
 		steps = append(steps, []string{"ip", "-n", ns, "link", "set", "lo", "up"})
 	}
@@ -77,9 +96,12 @@ func New(idleTimeout int) (*Lab, error) {
 		[]string{"ip", "-n", l.Middlebox, "link", "set", "mc", "up"},
 		[]string{"ip", "-n", l.Middlebox, "link", "set", "ms", "up"},
 		[]string{"ip", "-n", l.Server, "link", "set", "sm", "up"},
-		[]string{"ip", "-n", l.Client, "route", "add", "default", "via", MiddleboxCIP},
+		[]string{"ip", "-n", l.Client, "route", "add", clientDst, "via", MiddleboxCIP},
 		[]string{"ip", "-n", l.Server, "route", "add", "default", "via", MiddleboxSIP},
 	)
+	for _, cidr := range clientNets {
+		steps = append(steps, []string{"ip", "-n", l.Middlebox, "route", "add", cidr, "via", ClientIP})
+	}
 	for _, s := range steps {
 		if err := run(nil, s...); err != nil {
 			l.Close()
@@ -114,9 +136,14 @@ func New(idleTimeout int) (*Lab, error) {
 	return l, nil
 }
 
-// Close removes the namespaces, and with them the veth pairs and rules.
+// Close removes the lab's namespaces, and with them the veth pairs, routes
+// and rules.
 func (l *Lab) Close() {
-	for _, ns := range []string{l.Client, l.Middlebox, l.Server} {
+	namespaces := []string{l.Middlebox, l.Server}
+	if l.ownClient {
+		namespaces = append(namespaces, l.Client)
+	}
+	for _, ns := range namespaces {
 		_ = run(nil, "ip", "netns", "del", ns)
 	}
 }

@@ -1,0 +1,166 @@
+//go:build e2e
+
+// Package e2e runs the operator as its Helm chart installs it, on a real
+// single-node cluster (hack/local-cluster.sh): a real kubelet, containerd,
+// runc and CNI apply the sysctls to running pods, and the real
+// controller-manager rolls the workloads. `make test-e2e` starts the cluster,
+// runs this suite in the node's network namespace and removes the cluster.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	"github.com/onsi/ginkgo/v2/types"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
+)
+
+const (
+	operatorNamespace = "keepalive-system"
+	release           = "keepalive-operator"
+	leaseName         = "keepalive-operator.keepalive.io"
+	tcpappImage       = "docker.io/keepalive-e2e/tcpapp:1"
+	// The node of hack/local-cluster.sh.
+	nodeName   = "keepalive-node"
+	nodeNetns  = "keepalive-node"
+	nodePodNet = "10.244.0.0/24"
+)
+
+var (
+	ctx = context.Background()
+	k8s client.Client
+)
+
+func TestE2E(t *testing.T) {
+	RegisterFailHandler(Fail)
+	SetDefaultEventuallyTimeout(2 * time.Minute)
+	SetDefaultEventuallyPollingInterval(250 * time.Millisecond)
+	RunSpecs(t, "e2e suite")
+}
+
+var _ = BeforeSuite(func() {
+	for _, v := range []string{"KUBECONFIG", "HELM", "KUBECTL", "TCPAPP"} {
+		Expect(os.Getenv(v)).NotTo(BeEmpty(), v+" is not set: run `make test-e2e`")
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv("KUBECONFIG"))
+	Expect(err).NotTo(HaveOccurred())
+	scheme := runtime.NewScheme()
+	Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
+	Expect(v1alpha1.AddToScheme(scheme)).To(Succeed())
+	k8s, err = client.New(cfg, client.Options{Scheme: scheme})
+	Expect(err).NotTo(HaveOccurred())
+
+	By("installing the chart with Helm: the local image, the operator's own certificates, 2 replicas")
+	start := time.Now()
+	out, err := command(os.Getenv("HELM"), "install", release, filepath.Join(testenv.Root(), "charts", "keepalive-operator"),
+		"--namespace", operatorNamespace, "--create-namespace", "--wait", "--timeout", "5m",
+		"--set", "image.repository=keepalive-operator", "--set", "image.tag=e2e", "--set", "image.pullPolicy=Never",
+		"--set", "operator.maxConcurrentRollouts=1")
+	Expect(err).NotTo(HaveOccurred(), out)
+	AddReportEntry("helm install --wait", time.Since(start).Round(100*time.Millisecond).String())
+
+	deploy := &appsv1.Deployment{}
+	Expect(k8s.Get(ctx, client.ObjectKey{Namespace: operatorNamespace, Name: release}, deploy)).To(Succeed())
+	Expect(deploy.Status.ReadyReplicas).To(BeEquivalentTo(2))
+	Eventually(leaderPod).ShouldNot(BeEmpty(), "no replica took the leader lease")
+})
+
+// The suite's figures, for BENCHMARKS.md.
+var _ = ReportAfterSuite("e2e timings", func(r Report) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "\nE2E\tSECONDS")
+	for _, s := range r.SpecReports {
+		if s.LeafNodeType == types.NodeTypeIt || s.LeafNodeType == types.NodeTypeBeforeSuite {
+			name := s.LeafNodeText
+			if name == "" {
+				name = s.LeafNodeType.String()
+			}
+			fmt.Fprintf(w, "%s\t%.1f\n", name, s.RunTime.Seconds())
+		}
+		for _, e := range s.ReportEntries {
+			fmt.Fprintf(w, "%s\t%s\n", e.Name, e.StringRepresentation())
+		}
+	}
+	fmt.Fprintf(w, "whole suite\t%.1f\n", r.RunTime.Seconds())
+	_ = w.Flush()
+})
+
+// command runs a program and returns its combined output.
+func command(name string, args ...string) (string, error) {
+	var out bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+func kubectl(args ...string) (string, error) {
+	return command(os.Getenv("KUBECTL"), args...)
+}
+
+// leaderPod is the operator pod holding the leader lease, or "".
+func leaderPod() string {
+	lease := &coordinationv1.Lease{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: operatorNamespace, Name: leaseName}, lease); err != nil {
+		return ""
+	}
+	if lease.Spec.HolderIdentity == nil {
+		return ""
+	}
+	// The identity is the pod's hostname (its name), "_" and a unique suffix.
+	name, _, _ := strings.Cut(*lease.Spec.HolderIdentity, "_")
+	return name
+}
+
+// operatorMemory reads the operator pods' working sets from the kubelet's
+// summary API, by pod name.
+func operatorMemory() (map[string]uint64, error) {
+	raw, err := kubectl("get", "--raw", "/api/v1/nodes/"+nodeName+"/proxy/stats/summary")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", err, raw)
+	}
+	var summary struct {
+		Pods []struct {
+			PodRef struct{ Name, Namespace string }
+			Memory struct {
+				WorkingSetBytes uint64 `json:"workingSetBytes"`
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(raw), &summary); err != nil {
+		return nil, err
+	}
+	usage := map[string]uint64{}
+	for _, p := range summary.Pods {
+		if p.PodRef.Namespace == operatorNamespace {
+			usage[p.PodRef.Name] = p.Memory.WorkingSetBytes
+		}
+	}
+	return usage, nil
+}
+
+// createNamespace makes a namespace for one spec, with labels.
+func createNamespace(name string, labels map[string]string) {
+	Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}})).To(Succeed())
+}
