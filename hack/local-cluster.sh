@@ -69,7 +69,13 @@ binaries() {
   for cmd in "${NODE_CMDS[@]}"; do [ -x "$NODE_BIN/$cmd" ] || missing+=("$cmd"); done
   if [ ${#missing[@]} -gt 0 ]; then
     say "building ${missing[*]} $K8S_VERSION from Go modules (a few minutes the first time), cached in $NODE_BIN"
-    "$ROOT/hack/build-k8s.sh" "$K8S_VERSION" "$NODE_BIN" "${missing[@]}"
+    # Into a side folder first, so that an interrupted build leaves no
+    # broken binary in the cache.
+    rm -rf "$NODE_BIN.tmp"
+    "$ROOT/hack/build-k8s.sh" "$K8S_VERSION" "$NODE_BIN.tmp" "${missing[@]}"
+    mkdir -p "$NODE_BIN"
+    mv "$NODE_BIN.tmp"/* "$NODE_BIN"/
+    rmdir "$NODE_BIN.tmp"
   fi
 }
 
