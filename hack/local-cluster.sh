@@ -272,6 +272,10 @@ up() {
   mkdir -p "$STATE"
   local s
   for s in "${KUBELET_SYSCTLS[@]}"; do echo "$s $(cat "/proc/sys/$s")"; done > "$STATE/host-sysctls"
+  # The first `ip netns add` on a machine makes /run/netns a mount point of
+  # its own, and iproute2 never undoes it.
+  [ -d /run/netns ] || touch "$STATE/remove-run-netns"
+  mountpoint -q /run/netns || touch "$STATE/unmount-run-netns"
   pki
   configs
   namespaces
@@ -369,6 +373,8 @@ down() {
   if mountpoint -q "$mnt_file" 2>/dev/null; then umount -n "$mnt_file"; fi
   if mountpoint -q "$STATE/ns" 2>/dev/null; then umount -n "$STATE/ns"; fi
   if [ -e "$netns_file" ]; then ip netns del "$NETNS"; fi
+  if [ -f "$STATE/unmount-run-netns" ] && [ -z "$(ls -A /run/netns)" ]; then umount -n /run/netns; fi
+  if [ -f "$STATE/remove-run-netns" ] && [ -z "$(ls -A /run/netns)" ]; then rmdir /run/netns; fi
   if [ -f "$STATE/host-sysctls" ]; then
     local name value
     while read -r name value; do echo "$value" > "/proc/sys/$name"; done < "$STATE/host-sysctls"
