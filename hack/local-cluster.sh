@@ -42,9 +42,10 @@ die() { say "error: $*"; exit 1; }
 netns_file=/run/netns/$NETNS
 mnt_file=$STATE/ns/mnt
 
-# in runs a command inside the node's network and mount namespaces.
+# node_exec runs a command inside the node's network and mount namespaces.
 node_exec() { nsenter --net="$netns_file" --mount="$mnt_file" -- "$@"; }
 
+# kubectl talks to the API server, which listens inside the network namespace.
 kubectl() { nsenter --net="$netns_file" -- "$ENVTEST_BIN/kubectl" --kubeconfig "$STATE/kubeconfig" "$@"; }
 
 install_packages() {
