@@ -1,8 +1,6 @@
 package controller
 
 import (
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -30,18 +28,10 @@ func StripForCache(obj any) (any, error) {
 		}, nil
 	case *corev1.Namespace:
 		o.Annotations = nil
-	case *appsv1.Deployment:
-		stripWorkload(&o.ObjectMeta, &o.Spec.Template)
-	case *appsv1.StatefulSet:
-		stripWorkload(&o.ObjectMeta, &o.Spec.Template)
-	case *appsv1.DaemonSet:
-		stripWorkload(&o.ObjectMeta, &o.Spec.Template)
-	case *appsv1.ReplicaSet:
-		stripWorkload(&o.ObjectMeta, &o.Spec.Template)
-	case *batchv1.CronJob:
-		stripWorkload(&o.ObjectMeta, &o.Spec.JobTemplate.Spec.Template)
-	case *batchv1.Job:
-		stripWorkload(&o.ObjectMeta, &o.Spec.Template)
+	case metav1.Object:
+		if t := podTemplate(obj); t != nil {
+			stripWorkload(o, t)
+		}
 	}
 	return obj, nil
 }
@@ -64,11 +54,11 @@ func stripPod(p *corev1.Pod) *corev1.Pod {
 
 // stripWorkload keeps the operator's record of the annotations and the
 // sysctls of the template.
-func stripWorkload(m *metav1.ObjectMeta, t *corev1.PodTemplateSpec) {
-	record, ok := m.Annotations[keepalive.AnnotationManagedSysctls]
-	m.Annotations = nil
+func stripWorkload(m metav1.Object, t *corev1.PodTemplateSpec) {
+	record, ok := m.GetAnnotations()[keepalive.AnnotationManagedSysctls]
+	m.SetAnnotations(nil)
 	if ok {
-		m.Annotations = map[string]string{keepalive.AnnotationManagedSysctls: record}
+		m.SetAnnotations(map[string]string{keepalive.AnnotationManagedSysctls: record})
 	}
 	var sc *corev1.PodSecurityContext
 	if t.Spec.SecurityContext != nil && len(t.Spec.SecurityContext.Sysctls) > 0 {

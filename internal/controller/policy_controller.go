@@ -190,7 +190,7 @@ func (r *reconciler[T]) reconcileNormal(ctx context.Context, obj T) (ctrl.Result
 	if spec.Mode != v1alpha1.ModeAudit && spec.Rollout != v1alpha1.RolloutNone {
 		w, err = r.rollOut(ctx, obj, &pol, s.staleWorkloads)
 	} else {
-		w, err = r.restoreAll(ctx, obj, pol.Ref.String())
+		w, err = r.restoreAll(ctx, obj, pol.Ref)
 	}
 	if err != nil {
 		return ctrl.Result{}, err
@@ -221,7 +221,7 @@ func (r *reconciler[T]) reconcileDelete(ctx context.Context, obj T) (ctrl.Result
 	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
 		return ctrl.Result{}, nil
 	}
-	w, err := r.restoreAll(ctx, obj, r.ref(obj.GetNamespace(), obj.GetName()).String())
+	w, err := r.restoreAll(ctx, obj, r.ref(obj.GetNamespace(), obj.GetName()))
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -420,22 +420,18 @@ func (r *reconciler[T]) rollOut(ctx context.Context, obj T, pol *keepalive.Polic
 
 // restoreAll restores the templates the policy patched, within the rollout
 // limit.
-func (r *reconciler[T]) restoreAll(ctx context.Context, obj T, ref string) (w rollout, err error) {
+func (r *reconciler[T]) restoreAll(ctx context.Context, obj T, ref keepalive.Ref) (w rollout, err error) {
 	defer r.noteWaiting(obj, &w)
 	if err := r.freeFinished(ctx); err != nil {
 		return w, err
 	}
-	parsed, err := keepalive.ParseRef(ref)
-	if err != nil {
-		return w, err
-	}
-	targets, err := r.managedBy(ctx, parsed)
+	targets, err := r.managedBy(ctx, ref)
 	if err != nil {
 		return w, err
 	}
 	for _, key := range sortedKeys(targets) {
 		res, err := r.changeTemplate(ctx, obj, key, func(sysctls []corev1.Sysctl, prev *keepalive.Managed) ([]corev1.Sysctl, *keepalive.Managed) {
-			if prev == nil || prev.Policy != ref {
+			if prev == nil || prev.Policy != ref.String() {
 				return sysctls, prev // someone else's now
 			}
 			return keepalive.RestoreTemplate(sysctls, *prev), nil
@@ -565,11 +561,7 @@ func (r *reconciler[T]) changeTemplate(ctx context.Context, pol T, key workloadK
 			res.rolling = true
 		}
 		if sysctlsChanged {
-			desc := keepalive.Describe(next)
-			if desc == "" {
-				desc = "none"
-			}
-			note := fmt.Sprintf("pod template sysctls of %s set to %s", key, desc)
+			note := fmt.Sprintf("pod template sysctls of %s set to %s", key, keepalive.Describe(next))
 			r.events.Eventf(pol, obj, corev1.EventTypeNormal, "TemplatePatched", "Rollout", "%s", note)
 			r.events.Eventf(obj, pol, corev1.EventTypeNormal, "TemplatePatched", "Rollout", "%s by %s", note, r.ref(pol.GetNamespace(), pol.GetName()))
 			log.Info("pod template patched", "sysctls", keepalive.Describe(next))

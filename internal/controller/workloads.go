@@ -8,6 +8,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -65,8 +66,9 @@ func newWorkloadList(kind string) client.ObjectList {
 	return nil
 }
 
-// podTemplate returns the pod template of a workload.
-func podTemplate(obj client.Object) *corev1.PodTemplateSpec {
+// podTemplate returns the pod template of a workload (a Job's too), nil for
+// anything else.
+func podTemplate(obj any) *corev1.PodTemplateSpec {
 	switch o := obj.(type) {
 	case *appsv1.Deployment:
 		return &o.Spec.Template
@@ -78,6 +80,8 @@ func podTemplate(obj client.Object) *corev1.PodTemplateSpec {
 		return &o.Spec.Template
 	case *batchv1.CronJob:
 		return &o.Spec.JobTemplate.Spec.Template
+	case *batchv1.Job:
+		return &o.Spec.Template
 	}
 	return nil
 }
@@ -98,7 +102,7 @@ func templateSysctls(t *corev1.PodTemplateSpec) []corev1.Sysctl {
 func rolling(obj client.Object) bool {
 	switch o := obj.(type) {
 	case *appsv1.Deployment:
-		want := ptrOr(o.Spec.Replicas, 1)
+		want := ptr.Deref(o.Spec.Replicas, 1)
 		s := o.Status
 		for _, c := range s.Conditions {
 			if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
@@ -107,7 +111,7 @@ func rolling(obj client.Object) bool {
 		}
 		return s.ObservedGeneration < o.Generation || s.UpdatedReplicas < want || s.Replicas > s.UpdatedReplicas || s.AvailableReplicas < s.UpdatedReplicas
 	case *appsv1.StatefulSet:
-		want := ptrOr(o.Spec.Replicas, 1)
+		want := ptr.Deref(o.Spec.Replicas, 1)
 		s := o.Status
 		return s.ObservedGeneration < o.Generation || s.UpdatedReplicas < want || (s.UpdateRevision != "" && s.CurrentRevision != s.UpdateRevision)
 	case *appsv1.DaemonSet:
@@ -115,13 +119,6 @@ func rolling(obj client.Object) bool {
 		return s.ObservedGeneration < o.Generation || s.UpdatedNumberScheduled < s.DesiredNumberScheduled || s.NumberAvailable < s.DesiredNumberScheduled
 	}
 	return false
-}
-
-func ptrOr(p *int32, def int32) int32 {
-	if p == nil {
-		return def
-	}
-	return *p
 }
 
 // owner finds the workload whose template makes the pod: through a

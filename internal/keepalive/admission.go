@@ -217,8 +217,12 @@ func replacements(m Merge) []corev1.Sysctl {
 	return out
 }
 
-// Describe writes sysctls as "name=value, name=value" for messages.
+// Describe writes sysctls as "name=value, name=value" for messages, "none"
+// for none.
 func Describe(sysctls []corev1.Sysctl) string {
+	if len(sysctls) == 0 {
+		return "none"
+	}
 	parts := make([]string, len(sysctls))
 	for i, s := range sysctls {
 		parts[i] = s.Name + "=" + s.Value

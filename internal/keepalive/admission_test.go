@@ -5,6 +5,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
@@ -163,5 +164,20 @@ func TestDecide(t *testing.T) {
 				t.Errorf("Changed() = %v", got.Changed())
 			}
 		})
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	for _, tc := range []struct {
+		sysctls []corev1.Sysctl
+		want    string
+	}{
+		{nil, "none"},
+		{[]corev1.Sysctl{{Name: SysctlTime, Value: "175"}, {Name: "net.ipv4.ip_local_port_range", Value: "1024 65535"}},
+			"net.ipv4.tcp_keepalive_time=175, net.ipv4.ip_local_port_range=1024 65535"},
+	} {
+		if got := Describe(tc.sysctls); got != tc.want {
+			t.Errorf("Describe(%v) = %q, want %q", tc.sysctls, got, tc.want)
+		}
 	}
 }
