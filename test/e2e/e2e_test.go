@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/controller"
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
 	"github.com/keepalive-operator/keepalive-operator/test/netlab"
@@ -152,7 +154,7 @@ var _ = Describe("the operator on a real node", Ordered, func() {
 		Expect(readSysctls(ns, old.Name)).To(Equal(kernelDefaults))
 		Eventually(func(g Gomega) {
 			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(policy), policy)).To(Succeed())
-			g.Expect(meta.IsStatusConditionTrue(policy.Status.Conditions, "PodsBlocked")).To(BeTrue())
+			g.Expect(meta.IsStatusConditionTrue(policy.Status.Conditions, controller.ConditionPodsBlocked)).To(BeTrue())
 		}).Should(Succeed())
 	})
 
@@ -353,9 +355,7 @@ func tcpappDeployment(ns, name string, labels map[string]string) *appsv1.Deploym
 		PeriodSeconds: 1,
 	}
 	podLabels := map[string]string{"deployment": name}
-	for k, v := range labels {
-		podLabels[k] = v
-	}
+	maps.Copy(podLabels, labels)
 	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: appsv1.DeploymentSpec{
@@ -426,12 +426,14 @@ func logs(pod *corev1.Pod) string {
 	return out
 }
 
-// rolledOut is true when a Deployment's controller has observed its latest
-// template and every replica runs it and is available.
+// rolledOut reads a Deployment and says whether it is done rolling out.
 func rolledOut(d *appsv1.Deployment) bool {
-	if err := k8s.Get(ctx, client.ObjectKeyFromObject(d), d); err != nil {
-		return false
-	}
+	return k8s.Get(ctx, client.ObjectKeyFromObject(d), d) == nil && deploymentDone(d)
+}
+
+// deploymentDone is true when a Deployment's controller has observed its latest
+// template and every replica runs it and is available.
+func deploymentDone(d *appsv1.Deployment) bool {
 	want := *d.Spec.Replicas
 	s := d.Status
 	return s.ObservedGeneration >= d.Generation && s.UpdatedReplicas == want && s.Replicas == want && s.AvailableReplicas == want
@@ -478,9 +480,7 @@ func watchRollouts(ns string) *rolloutWatch {
 			rolling := 0
 			w.mu.Lock()
 			for i := range list.Items {
-				d := &list.Items[i]
-				s, want := d.Status, *d.Spec.Replicas
-				if s.ObservedGeneration < d.Generation || s.UpdatedReplicas < want || s.Replicas > want || s.AvailableReplicas < want {
+				if d := &list.Items[i]; !deploymentDone(d) {
 					rolling++
 					w.seen[d.Name] = true
 				}
