@@ -203,15 +203,33 @@ type PodCounts struct {
 	Skipped int32 `json:"skipped"`
 }
 
-// WorkloadCounts counts the workloads whose pod templates the policy patches.
+// WorkloadCounts counts the workloads whose pod templates carry the
+// policy's values, or are to.
 type WorkloadCounts struct {
-	// patched is the number of workloads whose template carries the values.
+	// patched is the number of workloads whose template carries the
+	// policy's values, set by the operator.
 	// +optional
 	Patched int32 `json:"patched"`
+
+	// rolling is the number of those whose pods are being replaced because
+	// of the operator: each holds a rollout slot.
+	// +optional
+	Rolling int32 `json:"rolling"`
+
+	// waitingForOwner is the number of patched workloads whose pods are
+	// replaced only when their owner acts: a paused Deployment, an OnDelete
+	// update strategy, a StatefulSet partition that excludes every pod.
+	// +optional
+	WaitingForOwner int32 `json:"waitingForOwner"`
 
 	// pending is the number of workloads waiting for a rollout slot.
 	// +optional
 	Pending int32 `json:"pending"`
+
+	// failed is the number of workloads whose last write failed; the
+	// policy's events name them and the error.
+	// +optional
+	Failed int32 `json:"failed"`
 }
 
 // KeepalivePolicyStatus is what the operator observed and computed.

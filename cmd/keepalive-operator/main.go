@@ -10,15 +10,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -50,6 +52,12 @@ type options struct {
 	unsafeSysctls    bool
 	operatorNS       string
 	maxRollouts      int
+	progressDeadline time.Duration
+	excludedNS       string
+	namespaceSel     string
+	objectSel        string
+	qps              float64
+	burst            int
 	certRotation     bool
 	webhookSecret    string
 	webhookService   string
@@ -75,7 +83,13 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.webhookSecret, "webhook-secret-name", "keepalive-operator-webhook-tls", "With --cert-rotation: the Secret, in the operator's namespace, that holds the CA and serving certificate.")
 	fs.StringVar(&o.webhookService, "webhook-service-name", "keepalive-operator-webhook", "With --cert-rotation: the Service in front of the webhook; the certificate is valid for its DNS names.")
 	fs.StringVar(&o.webhookConfig, "webhook-configuration-name", "keepalive-operator", "With --cert-rotation: the MutatingWebhookConfiguration whose caBundle the operator fills.")
-	fs.IntVar(&o.maxRollouts, "max-concurrent-rollouts", 5, "How many workloads may roll out a template change of the operator at once, across the cluster.")
+	fs.IntVar(&o.maxRollouts, "max-concurrent-rollouts", 5, "How many workloads may replace their pods for a template change of the operator at once, across the cluster; 0 is no limit.")
+	fs.DurationVar(&o.progressDeadline, "rollout-progress-deadline", 10*time.Minute, "How long a StatefulSet or DaemonSet may hold a rollout slot without progress (a Deployment's own progressDeadlineSeconds counts for it).")
+	fs.StringVar(&o.excludedNS, "excluded-namespaces", "", "Comma-separated namespaces left alone besides kube-system, kube-public, kube-node-lease and the operator's own: no injection, no template patch, their pods counted as skipped.")
+	fs.StringVar(&o.namespaceSel, "namespace-selector", "", "Label selector (kubectl syntax); namespaces it does not match are left alone like excluded ones. Keep it equal to the webhook's namespaceSelector.")
+	fs.StringVar(&o.objectSel, "object-selector", "", "Label selector (kubectl syntax); pods and pod templates it does not match are left alone. Keep it equal to the webhook's objectSelector.")
+	fs.Float64Var(&o.qps, "kube-api-qps", 50, "Requests per second the operator may send to the API server.")
+	fs.IntVar(&o.burst, "kube-api-burst", 100, "Requests the operator may send in a burst above --kube-api-qps.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -86,13 +100,49 @@ func parseFlags(args []string) (options, error) {
 	if o.certRotation && o.operatorNS == "" {
 		return o, errors.New("--cert-rotation needs the operator's namespace: set --operator-namespace or POD_NAMESPACE")
 	}
-	if o.maxRollouts < 1 {
-		return o, fmt.Errorf("--max-concurrent-rollouts must be at least 1, is %d", o.maxRollouts)
+	if o.maxRollouts < 0 {
+		return o, fmt.Errorf("--max-concurrent-rollouts must be 0 (no limit) or more, is %d", o.maxRollouts)
+	}
+	if o.progressDeadline <= 0 {
+		return o, fmt.Errorf("--rollout-progress-deadline must be positive, is %s", o.progressDeadline)
+	}
+	if o.qps <= 0 || o.burst < 1 {
+		return o, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive, are %g and %d", o.qps, o.burst)
+	}
+	for _, ns := range splitList(o.excludedNS) {
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return o, fmt.Errorf("--excluded-namespaces: %q is not a namespace name: %s", ns, strings.Join(errs, "; "))
+		}
+	}
+	for flag, sel := range map[string]string{"--namespace-selector": o.namespaceSel, "--object-selector": o.objectSel} {
+		if _, err := labels.Parse(sel); err != nil {
+			return o, fmt.Errorf("%s: %w", flag, err)
+		}
 	}
 	if o.webhookPort < 1 || o.webhookPort > 65535 {
 		return o, fmt.Errorf("--webhook-port must be between 1 and 65535, is %d", o.webhookPort)
 	}
 	return o, nil
+}
+
+// splitList reads a comma-separated flag, ignoring blanks.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// selector parses a label selector flag already validated; nil when empty.
+func selector(s string) labels.Selector {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	sel, _ := labels.Parse(s)
+	return sel
 }
 
 func newScheme() (*runtime.Scheme, error) {
@@ -115,6 +165,8 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
+	// Whatever the kubeconfig says (client-go's default is 5 per second).
+	cfg.QPS, cfg.Burst = float32(o.qps), o.burst
 	scheme, err := newScheme()
 	if err != nil {
 		return fmt.Errorf("build scheme: %w", err)
@@ -138,7 +190,7 @@ func run(ctx context.Context, args []string) error {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,
 		// The cache keeps only what the webhook and reconcilers read.
-		Cache:                   cache.Options{DefaultTransform: controller.StripForCache},
+		Cache:                   controller.CacheOptions(),
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
 		LeaderElection:          o.leaderElect,
@@ -175,6 +227,9 @@ func run(ctx context.Context, args []string) error {
 	admission, err := webhook.Setup(ctx, mgr, webhook.Options{
 		UnsafeSysctlsAllowed: o.unsafeSysctls,
 		OperatorNamespace:    o.operatorNS,
+		ExcludedNamespaces:   splitList(o.excludedNS),
+		NamespaceSelector:    selector(o.namespaceSel),
+		PodSelector:          selector(o.objectSel),
 	})
 	if err != nil {
 		return fmt.Errorf("set up the pod webhook: %w", err)
@@ -182,6 +237,7 @@ func run(ctx context.Context, args []string) error {
 	if err := controller.Setup(mgr, controller.Options{
 		Cluster:               admission.Cluster,
 		MaxConcurrentRollouts: o.maxRollouts,
+		ProgressDeadline:      o.progressDeadline,
 	}); err != nil {
 		return fmt.Errorf("set up the reconcilers: %w", err)
 	}

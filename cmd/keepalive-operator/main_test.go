@@ -248,7 +248,11 @@ var _ = DescribeTable("flag errors",
 		Expect(err).To(MatchError(ContainSubstring(want)))
 	},
 	Entry("webhook port out of range", []string{"--webhook-port", "70000"}, "--webhook-port must be between 1 and 65535, is 70000"),
-	Entry("no rollouts allowed", []string{"--max-concurrent-rollouts", "0"}, "--max-concurrent-rollouts must be at least 1, is 0"),
+	Entry("a negative rollout limit", []string{"--max-concurrent-rollouts", "-1"}, "--max-concurrent-rollouts must be 0 (no limit) or more, is -1"),
+	Entry("a bad excluded namespace", []string{"--excluded-namespaces", "batch,Not_A_Name"}, `--excluded-namespaces: "Not_A_Name" is not a namespace name`),
+	Entry("a bad namespace selector", []string{"--namespace-selector", "team in (web"}, "--namespace-selector: "),
+	Entry("a bad object selector", []string{"--object-selector", "=x"}, "--object-selector: "),
+	Entry("no progress deadline", []string{"--rollout-progress-deadline", "0s"}, "--rollout-progress-deadline must be positive, is 0s"),
 	Entry("unknown flag", []string{"--metrics-addr", ":8080"}, "flag provided but not defined: -metrics-addr"),
 	Entry("stray argument", []string{"start"}, "unexpected arguments: [start]"),
 )

@@ -22,7 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -68,7 +67,7 @@ func run() error {
 
 	step("starting the operator in-process: webhook server, reconcilers")
 	mo := env.ManagerOptions()
-	mo.Cache = cache.Options{DefaultTransform: controller.StripForCache}
+	mo.Cache = controller.CacheOptions()
 	mgr, err := ctrl.NewManager(env.Config, mo)
 	if err != nil {
 		return err
@@ -77,7 +76,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if err := controller.Setup(mgr, controller.Options{Cluster: admission.Cluster, MaxConcurrentRollouts: 5, RequeueAfter: time.Second}); err != nil {
+	if err := controller.Setup(mgr, controller.Options{Cluster: admission.Cluster, MaxConcurrentRollouts: 5}); err != nil {
 		return err
 	}
 	mctx, cancel := context.WithCancel(ctx)

@@ -3,14 +3,21 @@ package controller
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 )
 
+// CacheOptions are the manager's cache options for the operator.
+func CacheOptions() cache.Options {
+	return cache.Options{DefaultTransform: StripForCache}
+}
+
 // StripForCache keeps of an object what the operator reads from its cache,
 // so that caching every pod, node and workload of a cluster costs little.
-// Workloads are read live before any write, so their cached copies need no
-// more than their record, ownership and rollout status.
+// Workloads keep their spec and status but of their template only what the
+// decisions read (labels, hostNetwork, os, sysctls); their annotations only
+// the operator's record. Writes are patches of those fields alone.
 func StripForCache(obj any) (any, error) {
 	if m, ok := obj.(metav1.Object); ok {
 		m.SetManagedFields(nil)
@@ -52,8 +59,8 @@ func stripPod(p *corev1.Pod) *corev1.Pod {
 	return out
 }
 
-// stripWorkload keeps the operator's record of the annotations and the
-// sysctls of the template.
+// stripWorkload keeps the operator's record of the annotations, and of the
+// template what the decisions read.
 func stripWorkload(m metav1.Object, t *corev1.PodTemplateSpec) {
 	record, ok := m.GetAnnotations()[keepalive.AnnotationManagedSysctls]
 	m.SetAnnotations(nil)
@@ -64,5 +71,8 @@ func stripWorkload(m metav1.Object, t *corev1.PodTemplateSpec) {
 	if t.Spec.SecurityContext != nil && len(t.Spec.SecurityContext.Sysctls) > 0 {
 		sc = &corev1.PodSecurityContext{Sysctls: t.Spec.SecurityContext.Sysctls}
 	}
-	*t = corev1.PodTemplateSpec{Spec: corev1.PodSpec{SecurityContext: sc}}
+	*t = corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: t.Labels},
+		Spec:       corev1.PodSpec{SecurityContext: sc, HostNetwork: t.Spec.HostNetwork, OS: t.Spec.OS},
+	}
 }

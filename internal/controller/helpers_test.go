@@ -223,3 +223,33 @@ func updatePolicy(p *v1alpha1.KeepalivePolicy, change func()) {
 		return k8sClient.Update(ctx, p)
 	}).Should(Succeed())
 }
+
+// operatorRequests lists what the operator asked of the API server so far,
+// watches aside.
+func operatorRequests() []string {
+	reqs, err := env.OperatorRequests()
+	Expect(err).NotTo(HaveOccurred())
+	var out []string
+	for _, r := range reqs {
+		if r.Verb != "watch" {
+			out = append(out, r.What())
+		}
+	}
+	return out
+}
+
+// writesOf counts the operator's patches and updates of a workload.
+func writesOf(resource string, obj client.Object) int {
+	n := 0
+	for _, r := range operatorRequests() {
+		if r == "patch "+resource+" "+obj.GetNamespace()+"/"+obj.GetName() || r == "update "+resource+" "+obj.GetNamespace()+"/"+obj.GetName() {
+			n++
+		}
+	}
+	return n
+}
+
+// requestsSince returns the operator's requests after the first n.
+func requestsSince(n int) []string {
+	return operatorRequests()[n:]
+}

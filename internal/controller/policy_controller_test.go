@@ -131,7 +131,8 @@ var _ = Describe("rollout", func() {
 		Expect(sysctlsOf(j)).To(BeEmpty(), "a Job's template is never patched")
 		Eventually(status(p)).Should(And(
 			HaveField("Pods", gstruct.PointTo(Equal(v1alpha1.PodCounts{Matched: 6, Stale: 6}))),
-			HaveField("Workloads", gstruct.PointTo(Equal(v1alpha1.WorkloadCounts{Patched: 4}))),
+			HaveField("Workloads.Patched", BeEquivalentTo(4)),
+			HaveField("Workloads.Pending", BeEquivalentTo(0)),
 		))
 		Expect(condition(status(p)(), ConditionReady)).To(And(
 			HaveField("Status", metav1.ConditionFalse), HaveField("Reason", ReasonRolloutInProgress)))
@@ -211,6 +212,7 @@ var _ = Describe("rollout", func() {
 
 		updatePolicy(p, func() { p.Spec.Rollout = v1alpha1.RolloutNone })
 		Eventually(sysctlsOf).WithArguments(patched).Should(Equal(userOwn))
+		finishRollout(patched)
 		fresh := deployment(ns, "fresh", nil)
 		Eventually(status(p)).Should(HaveField("Conditions", ContainElement(HaveField("Reason", ReasonRolloutDisabled))))
 		Consistently(sysctlsOf, "2s").WithArguments(fresh).Should(BeEmpty())
@@ -240,7 +242,8 @@ var _ = Describe("the rollout limit", Serial, func() {
 		for _, want := range []int{3, 6, 8} {
 			Eventually(func() int { return len(patchedNow()) }).Should(Equal(want))
 			Consistently(func() int { return len(patchedNow()) }, "1500ms").Should(Equal(want), "more than %d rolling at once", maxRollouts)
-			Expect(status(p)().Workloads).To(gstruct.PointTo(Equal(v1alpha1.WorkloadCounts{Patched: int32(want), Pending: int32(8 - want)})))
+			Eventually(status(p)).Should(HaveField("Workloads", gstruct.PointTo(Equal(v1alpha1.WorkloadCounts{
+				Patched: int32(want), Rolling: int32(want - len(finished)), Pending: int32(8 - want)}))))
 			for _, d := range patchedNow() {
 				if !finished[d.Name] {
 					finishRollout(d)

@@ -2,11 +2,18 @@ package controller
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
+	"sync"
+	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
@@ -19,106 +26,597 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 )
 
-// setup watches the policies of the reconciler's kind, and the pods,
-// namespaces, nodes and workloads that affect them.
-func (r *reconciler[T]) setup(mgr ctrl.Manager) error {
+// Cache indexes.
+const (
+	// indexOwner is "Kind/name" of the controller of a pod, a ReplicaSet or
+	// a Job.
+	indexOwner = "keepalive.io/owner"
+	// indexNode is the node of a pod.
+	indexNode = "keepalive.io/node"
+	// indexRecord is the policy the record of a workload names.
+	indexRecord = "keepalive.io/record"
+)
+
+// Setup adds the workload reconciler and the status reconcilers of both
+// policy kinds to the manager; they run on the leader only.
+func Setup(mgr ctrl.Manager, opts Options) error {
+	if opts.ProgressDeadline == 0 {
+		opts.ProgressDeadline = 10 * time.Minute
+	}
+	if opts.StatusDelay == 0 {
+		opts.StatusDelay = time.Second
+	}
+	if opts.MaxConcurrentReconciles == 0 {
+		opts.MaxConcurrentReconciles = 4
+	}
+	if err := addIndexes(context.Background(), mgr); err != nil {
+		return err
+	}
+	c := mgr.GetClient()
+	recorder := mgr.GetEventRecorder("keepalive-operator")
+	policies := newPolicySet(c)
+	sl := newSlots(opts.MaxConcurrentRollouts, opts.ProgressDeadline)
+	fl := newFailures()
+	var workloadQ queue[workloadKey]
+	var kapQ, ckapQ queue[reconcile.Request]
+	notify := func(ref string) {
+		parsed, err := keepalive.ParseRef(ref)
+		if err != nil {
+			return
+		}
+		req := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: parsed.Namespace, Name: parsed.Name}}
+		if parsed.Kind == keepalive.KindClusterKeepalivePolicy {
+			ckapQ.addAfter(opts.StatusDelay, req)
+		} else {
+			kapQ.addAfter(opts.StatusDelay, req)
+		}
+	}
+	m := &mapper{client: c, cluster: opts.Cluster, policies: policies, events: recorder}
+
+	w := &workloadReconciler{
+		client: c, live: mgr.GetAPIReader(), events: recorder, cluster: opts.Cluster,
+		policies: policies, slots: sl, failures: fl,
+		wake: func(keys ...workloadKey) { workloadQ.addAfter(0, keys...) }, notify: notify,
+	}
+	b := builder.TypedControllerManagedBy[workloadKey](mgr).
+		Named("workload").
+		WithOptions(controller.TypedOptions[workloadKey]{MaxConcurrentReconciles: opts.MaxConcurrentReconciles}).
+		Watches(&corev1.Pod{}, m.podToWorkload()).
+		Watches(&corev1.Namespace{}, m.namespaceToWorkloads()).
+		Watches(&v1alpha1.KeepalivePolicy{}, m.policyToWorkloads()).
+		Watches(&v1alpha1.ClusterKeepalivePolicy{}, m.policyToWorkloads()).
+		WatchesRawSource(source.TypedFunc[workloadKey](workloadQ.capture))
+	for _, kind := range patchableKinds {
+		b = b.Watches(newWorkload(kind), m.workloadEvents(kind, sl))
+	}
+	if err := b.Complete(w); err != nil {
+		return err
+	}
+
+	kap := &policyReconciler[*v1alpha1.KeepalivePolicy]{
+		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl,
+		kind: keepalive.KindKeepalivePolicy, namespaced: true,
+		newObj:  func() *v1alpha1.KeepalivePolicy { return &v1alpha1.KeepalivePolicy{} },
+		newList: func() client.ObjectList { return &v1alpha1.KeepalivePolicyList{} },
+	}
+	ckap := &policyReconciler[*v1alpha1.ClusterKeepalivePolicy]{
+		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl,
+		kind:    keepalive.KindClusterKeepalivePolicy,
+		newObj:  func() *v1alpha1.ClusterKeepalivePolicy { return &v1alpha1.ClusterKeepalivePolicy{} },
+		newList: func() client.ObjectList { return &v1alpha1.ClusterKeepalivePolicyList{} },
+	}
+	return errors.Join(
+		setupPolicy(mgr, kap, m, &kapQ, opts.StatusDelay),
+		setupPolicy(mgr, ckap, m, &ckapQ, opts.StatusDelay),
+	)
+}
+
+// setupPolicy watches a policy kind for its status pass, and what changes
+// its counts: pods, namespaces, nodes and the workloads' records.
+func setupPolicy[T policyObject](mgr ctrl.Manager, r *policyReconciler[T], m *mapper, q *queue[reconcile.Request], delay time.Duration) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named(strings.ToLower(r.kind)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.opts.MaxConcurrentReconciles}).
 		// Status writes of the reconciler itself do not start another pass.
 		For(r.newObj(), builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, deletionStarted))).
-		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.forNamespaceOf), builder.WithPredicates(podChanged)).
-		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.forNamespace)).
-		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.forAll), builder.WithPredicates(nodeInfoChanged))
+		Watches(&corev1.Pod{}, m.podToPolicies(r.kind, delay)).
+		Watches(&corev1.Namespace{}, m.namespaceToPolicies(r.kind, delay)).
+		Watches(&corev1.Node{}, m.nodeToPolicies(r.kind, delay)).
+		WatchesRawSource(source.Func(q.capture))
 	for _, kind := range patchableKinds {
-		b = b.Watches(newWorkload(kind), r.workloadEvents(kind))
+		b = b.Watches(newWorkload(kind), m.recordToPolicies(r.kind, delay))
 	}
 	return b.Complete(r)
 }
 
-// workloadEvents enqueues the policy a workload's record names, frees the
-// rollout slot of a workload that is deleted, and wakes the policies waiting
-// for a slot when a workload holding one stops rolling or is deleted.
-func (r *reconciler[T]) workloadEvents(kind string) handler.EventHandler {
-	enqueue := func(ctx context.Context, obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-		for _, req := range r.forRecord(ctx, obj) {
-			q.Add(req)
+// queue holds a controller's work queue once the controller runs (on the
+// leader), for what other controllers wake.
+type queue[T comparable] struct {
+	mu sync.Mutex
+	q  workqueue.TypedRateLimitingInterface[T]
+}
+
+func (q *queue[T]) capture(_ context.Context, wq workqueue.TypedRateLimitingInterface[T]) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.q = wq
+	return nil
+}
+
+func (q *queue[T]) addAfter(d time.Duration, items ...T) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.q == nil {
+		return
+	}
+	for _, it := range items {
+		if d > 0 {
+			q.q.AddAfter(it, d)
+		} else {
+			q.q.Add(it)
 		}
 	}
-	wake := func(q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-		for _, p := range r.rollouts.waiters(r.kind) {
-			q.Add(reconcile.Request{NamespacedName: p})
+}
+
+func addIndexes(ctx context.Context, mgr ctrl.Manager) error {
+	idx := mgr.GetFieldIndexer()
+	byOwner := func(o client.Object) []string {
+		if ref := metav1.GetControllerOf(o); ref != nil {
+			return []string{ref.Kind + "/" + ref.Name}
 		}
+		return nil
 	}
-	key := func(obj client.Object) workloadKey {
-		return workloadKey{Kind: kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
+	errs := []error{
+		idx.IndexField(ctx, &corev1.Pod{}, indexOwner, byOwner),
+		idx.IndexField(ctx, &appsv1.ReplicaSet{}, indexOwner, byOwner),
+		idx.IndexField(ctx, &batchv1.Job{}, indexOwner, byOwner),
+		idx.IndexField(ctx, &corev1.Pod{}, indexNode, func(o client.Object) []string {
+			if n := o.(*corev1.Pod).Spec.NodeName; n != "" {
+				return []string{n}
+			}
+			return nil
+		}),
 	}
-	return handler.Funcs{
-		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue(ctx, e.Object, q)
-		},
-		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue(ctx, e.ObjectNew, q)
-			if r.rollouts.holds(key(e.ObjectNew)) && !rolling(e.ObjectNew) {
-				wake(q)
+	for _, kind := range patchableKinds {
+		errs = append(errs, idx.IndexField(ctx, newWorkload(kind), indexRecord, func(o client.Object) []string {
+			if p := recordPolicy(o); p != "" {
+				return []string{p}
+			}
+			return nil
+		}))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("index the cache: %w", err)
+	}
+	return nil
+}
+
+// recordPolicy is the policy the record of one of the operator's workloads
+// names, "" when there is none.
+func recordPolicy(o client.Object) string {
+	if !ours(o) {
+		return ""
+	}
+	rec, ok, err := keepalive.ParseManaged(o.GetAnnotations())
+	if !ok || err != nil {
+		return ""
+	}
+	return rec.Policy
+}
+
+// mapper turns events into the workloads and policies they can affect.
+type mapper struct {
+	client   client.Client
+	cluster  func() keepalive.Cluster
+	policies *policySet
+	events   interface {
+		Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any)
+	}
+}
+
+type (
+	workloadQueue = workqueue.TypedRateLimitingInterface[workloadKey]
+	policyQueue   = workqueue.TypedRateLimitingInterface[reconcile.Request]
+)
+
+// workloadEvents wakes a workload of the operator when its spec or record
+// changes, or its status while it holds a rollout slot, and warns when
+// someone removed the record of a template that still carries the
+// operator's values.
+func (m *mapper) workloadEvents(kind string, sl *slots) handler.TypedEventHandler[client.Object, workloadKey] {
+	return handler.TypedFuncs[client.Object, workloadKey]{
+		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[client.Object], q workloadQueue) {
+			if ours(e.Object) {
+				q.Add(keyOf(kind, e.Object))
 			}
 		},
-		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			r.rollouts.release(key(e.Object))
-			enqueue(ctx, e.Object, q)
-			wake(q)
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q workloadQueue) {
+			o, n := e.ObjectOld, e.ObjectNew
+			if !ours(n) {
+				return
+			}
+			key := keyOf(kind, n)
+			oldRecord, newRecord := o.GetAnnotations()[keepalive.AnnotationManagedSysctls], n.GetAnnotations()[keepalive.AnnotationManagedSysctls]
+			if oldRecord != newRecord {
+				m.recordRemoved(ctx, key, o, n)
+			}
+			if o.GetGeneration() != n.GetGeneration() || oldRecord != newRecord || sl.holds(key) {
+				q.Add(key)
+			}
+		},
+		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[client.Object], q workloadQueue) {
+			if ours(e.Object) {
+				q.Add(keyOf(kind, e.Object))
+			}
 		},
 	}
 }
 
-// policies lists the policies of the reconciler's kind that may apply in a
-// namespace ("" for every namespace).
-func (r *reconciler[T]) policies(ctx context.Context, namespace string) []reconcile.Request {
-	list := r.newList()
-	var opts []client.ListOption
-	if r.namespaced && namespace != "" {
-		opts = append(opts, client.InNamespace(namespace))
-	}
-	if err := r.client.List(ctx, list, opts...); err != nil {
-		logf.FromContext(ctx).Error(err, "list policies to reconcile")
-		return nil
-	}
-	var reqs []reconcile.Request
-	_ = meta.EachListItem(list, func(o runtime.Object) error {
-		obj := o.(client.Object)
-		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(obj)})
-		return nil
-	})
-	return reqs
-}
-
-func (r *reconciler[T]) forNamespaceOf(ctx context.Context, obj client.Object) []reconcile.Request {
-	return r.policies(ctx, obj.GetNamespace())
-}
-
-func (r *reconciler[T]) forNamespace(ctx context.Context, obj client.Object) []reconcile.Request {
-	return r.policies(ctx, obj.GetName())
-}
-
-func (r *reconciler[T]) forAll(ctx context.Context, _ client.Object) []reconcile.Request {
-	return r.policies(ctx, "")
-}
-
-// forRecord maps a workload to the policy its template record names.
-func (r *reconciler[T]) forRecord(_ context.Context, obj client.Object) []reconcile.Request {
-	m, ok, err := keepalive.ParseManaged(obj.GetAnnotations())
+// recordRemoved warns when the record went while the template still
+// carries the values it says the operator set: those now count as the
+// user's own, and deleting the policy will not restore the originals.
+func (m *mapper) recordRemoved(ctx context.Context, key workloadKey, o, n client.Object) {
+	rec, ok, err := keepalive.ParseManaged(o.GetAnnotations())
 	if !ok || err != nil {
+		return
+	}
+	if _, still := n.GetAnnotations()[keepalive.AnnotationManagedSysctls]; still {
+		return
+	}
+	sysctls := templateSysctls(podTemplate(n))
+	for _, s := range rec.Set {
+		if !containsValue(sysctls, s) {
+			return // the template moved on: not the operator's values any more
+		}
+	}
+	note := fmt.Sprintf("the annotation %s of %s was removed while its template carries the values set for %s; "+
+		"they now count as the workload's own, and %s will not be restored when no policy applies",
+		keepalive.AnnotationManagedSysctls, key, rec.Policy, keepalive.Describe(rec.Original))
+	logf.FromContext(ctx).Info("record removed", "workload", key.String(), "record", rec.String())
+	m.events.Eventf(n, nil, corev1.EventTypeWarning, ReasonRecordRemoved, "Rollout", "%s", note)
+	if pol := policyObjectOf(ctx, m.client, rec.Policy); pol != nil {
+		m.events.Eventf(pol, n, corev1.EventTypeWarning, ReasonRecordRemoved, "Rollout", "%s", note)
+	}
+}
+
+func containsValue(list []corev1.Sysctl, s corev1.Sysctl) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// podToWorkload wakes the workload of a new pod (or a relabelled one) that
+// lacks the values of the policy that governs it: a template the operator
+// never patched is patched only then.
+func (m *mapper) podToWorkload() handler.TypedEventHandler[client.Object, workloadKey] {
+	check := func(ctx context.Context, obj client.Object, q workloadQueue) {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok || !running(pod) || metav1.GetControllerOf(pod) == nil {
+			return
+		}
+		d, ok := m.decide(ctx, pod)
+		if !ok || d.Skip != "" || d.Sysctls == nil {
+			return
+		}
+		if key, patchable, err := owner(ctx, m.client, pod); err == nil && patchable {
+			q.Add(key)
+		}
+	}
+	return handler.TypedFuncs[client.Object, workloadKey]{
+		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[client.Object], q workloadQueue) {
+			check(ctx, e.Object, q)
+		},
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q workloadQueue) {
+			if !equality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) {
+				check(ctx, e.ObjectNew, q)
+			}
+		},
+	}
+}
+
+// decide is the admission decision for a pod as it is now.
+func (m *mapper) decide(ctx context.Context, pod *corev1.Pod) (keepalive.Decision, bool) {
+	ns, ok := m.namespace(ctx, pod.Namespace)
+	if !ok {
+		return keepalive.Decision{}, false
+	}
+	namespaced, cluster, err := m.policies.inScope(ctx, pod.Namespace)
+	if err != nil {
+		return keepalive.Decision{}, false
+	}
+	return keepalive.Decide(podView(pod), ns, m.cluster(), namespaced, cluster), true
+}
+
+func (m *mapper) namespace(ctx context.Context, name string) (keepalive.Namespace, bool) {
+	var ns corev1.Namespace
+	if err := m.client.Get(ctx, client.ObjectKey{Name: name}, &ns); err != nil {
+		return keepalive.Namespace{}, false
+	}
+	return keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}, true
+}
+
+// namespaceToWorkloads wakes the workloads of a namespace whose label change
+// can change what the policies do there.
+func (m *mapper) namespaceToWorkloads() handler.TypedEventHandler[client.Object, workloadKey] {
+	return handler.TypedFuncs[client.Object, workloadKey]{
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q workloadQueue) {
+			if !m.namespaceMatters(ctx, e.ObjectOld, e.ObjectNew) {
+				return
+			}
+			for _, kind := range patchableKinds {
+				list := newWorkloadList(kind)
+				if err := m.client.List(ctx, list, client.InNamespace(e.ObjectNew.GetName()), client.UnsafeDisableDeepCopy); err != nil {
+					logf.FromContext(ctx).Error(err, "list workloads of a namespace", "namespace", e.ObjectNew.GetName())
+					continue
+				}
+				_ = eachObject(list, func(o client.Object) {
+					if ours(o) {
+						q.Add(keyOf(kind, o))
+					}
+				})
+			}
+		},
+	}
+}
+
+func (m *mapper) namespaceMatters(ctx context.Context, o, n client.Object) bool {
+	if equality.Semantic.DeepEqual(o.GetLabels(), n.GetLabels()) {
+		return false
+	}
+	namespaced, cluster, err := m.policies.inScope(ctx, n.GetName())
+	if err != nil {
+		return true
+	}
+	return keepalive.NamespaceMatters(keepalive.Namespace{Name: o.GetName(), Labels: o.GetLabels()},
+		keepalive.Namespace{Name: n.GetName(), Labels: n.GetLabels()}, m.cluster(), append(namespaced, cluster...))
+}
+
+// policyToWorkloads wakes, when a policy comes, changes its spec or goes,
+// the workloads its old or new spec selects and those whose record names it.
+func (m *mapper) policyToWorkloads() handler.TypedEventHandler[client.Object, workloadKey] {
+	wake := func(ctx context.Context, q workloadQueue, objs ...client.Object) {
+		for _, k := range m.policyWorkloads(ctx, objs...) {
+			q.Add(k)
+		}
+	}
+	return handler.TypedFuncs[client.Object, workloadKey]{
+		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[client.Object], q workloadQueue) {
+			wake(ctx, q, e.Object)
+		},
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q workloadQueue) {
+			if e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
+				e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero() {
+				wake(ctx, q, e.ObjectOld, e.ObjectNew)
+			}
+		},
+		DeleteFunc: func(ctx context.Context, e event.TypedDeleteEvent[client.Object], q workloadQueue) {
+			wake(ctx, q, e.Object)
+		},
+	}
+}
+
+// policyWorkloads lists the workloads that versions of a policy select, and
+// those whose record names it.
+func (m *mapper) policyWorkloads(ctx context.Context, objs ...client.Object) []workloadKey {
+	log := logf.FromContext(ctx)
+	seen := map[workloadKey]bool{}
+	var pols []keepalive.Policy
+	for _, o := range objs {
+		obj, ok := o.(policyObject)
+		if !ok {
+			continue
+		}
+		if err := eachRecorded(ctx, m.client, refOf(obj).String(), func(w client.Object) { seen[keyOf(kindOf(w), w)] = true }); err != nil {
+			log.Error(err, "list the workloads of a policy's records")
+		}
+		if pol, err := compile(obj); err == nil {
+			pols = append(pols, pol)
+		}
+	}
+	if len(pols) > 0 {
+		var opts []client.ListOption
+		if pols[0].Ref.Kind == keepalive.KindKeepalivePolicy {
+			opts = append(opts, client.InNamespace(pols[0].Ref.Namespace))
+		}
+		opts = append(opts, client.UnsafeDisableDeepCopy)
+		nsLabels := map[string]map[string]string{}
+		for _, kind := range patchableKinds {
+			list := newWorkloadList(kind)
+			if err := m.client.List(ctx, list, opts...); err != nil {
+				log.Error(err, "list workloads a policy may select", "kind", kind)
+				continue
+			}
+			_ = eachObject(list, func(w client.Object) {
+				if !ours(w) {
+					return
+				}
+				labels, ok := nsLabels[w.GetNamespace()]
+				if !ok {
+					ns, _ := m.namespace(ctx, w.GetNamespace())
+					labels, nsLabels[w.GetNamespace()] = ns.Labels, ns.Labels
+				}
+				t := keepalive.Target{Namespace: w.GetNamespace(), Labels: podTemplate(w).Labels, NamespaceLabels: labels}
+				for i := range pols {
+					if pols[i].Applies(t) {
+						seen[keyOf(kind, w)] = true
+					}
+				}
+			})
+		}
+	}
+	keys := make([]workloadKey, 0, len(seen))
+	for k := range seen {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// compile parses a policy object as it is, without the memo: it may be an
+// older generation.
+func compile(obj policyObject) (keepalive.Policy, error) {
+	switch o := obj.(type) {
+	case *v1alpha1.KeepalivePolicy:
+		return keepalive.NewPolicy(o)
+	case *v1alpha1.ClusterKeepalivePolicy:
+		return keepalive.NewClusterPolicy(o)
+	}
+	return keepalive.Policy{}, fmt.Errorf("not a policy: %T", obj)
+}
+
+// podToPolicies wakes the status pass of the policies of a kind whose
+// counts a pod event can change: those that select the pod before or after
+// it, when it comes, goes, or changes what its state depends on. The pass
+// runs after delay, so that a burst of pods costs one status write.
+func (m *mapper) podToPolicies(kind string, delay time.Duration) handler.TypedEventHandler[client.Object, reconcile.Request] {
+	enqueue := func(ctx context.Context, q policyQueue, pod *corev1.Pod, labelSets ...map[string]string) {
+		ns, ok := m.namespace(ctx, pod.Namespace)
+		if !ok {
+			return
+		}
+		for _, p := range m.policiesOfKind(ctx, kind, pod.Namespace) {
+			for _, l := range labelSets {
+				if p.Applies(keepalive.Target{Namespace: pod.Namespace, Labels: l, NamespaceLabels: ns.Labels}) {
+					q.AddAfter(requestFor(p.Ref), delay)
+					break
+				}
+			}
+		}
+	}
+	return handler.TypedFuncs[client.Object, reconcile.Request]{
+		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[client.Object], q policyQueue) {
+			if pod, ok := e.Object.(*corev1.Pod); ok {
+				enqueue(ctx, q, pod, pod.Labels)
+			}
+		},
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q policyQueue) {
+			o, ok1 := e.ObjectOld.(*corev1.Pod)
+			n, ok2 := e.ObjectNew.(*corev1.Pod)
+			if !ok1 || !ok2 {
+				return
+			}
+			if running(o) != running(n) || o.Spec.NodeName != n.Spec.NodeName || o.Labels[keepalive.LabelInject] != n.Labels[keepalive.LabelInject] {
+				enqueue(ctx, q, n, o.Labels, n.Labels) // its state changes for every policy that selects it
+				return
+			}
+			if equality.Semantic.DeepEqual(o.Labels, n.Labels) {
+				return
+			}
+			// Only the labels changed: the policies whose selection changed.
+			ns, ok := m.namespace(ctx, n.Namespace)
+			if !ok {
+				return
+			}
+			for _, p := range m.policiesOfKind(ctx, kind, n.Namespace) {
+				before := p.Applies(keepalive.Target{Namespace: n.Namespace, Labels: o.Labels, NamespaceLabels: ns.Labels})
+				after := p.Applies(keepalive.Target{Namespace: n.Namespace, Labels: n.Labels, NamespaceLabels: ns.Labels})
+				if before != after {
+					q.AddAfter(requestFor(p.Ref), delay)
+				}
+			}
+		},
+		DeleteFunc: func(ctx context.Context, e event.TypedDeleteEvent[client.Object], q policyQueue) {
+			if pod, ok := e.Object.(*corev1.Pod); ok {
+				enqueue(ctx, q, pod, pod.Labels)
+			}
+		},
+	}
+}
+
+// policiesOfKind returns the policies in force of a kind that may apply in a
+// namespace.
+func (m *mapper) policiesOfKind(ctx context.Context, kind, namespace string) []keepalive.Policy {
+	namespaced, cluster, err := m.policies.inScope(ctx, namespace)
+	if err != nil {
+		logf.FromContext(ctx).Error(err, "list policies")
 		return nil
 	}
-	ref, err := keepalive.ParseRef(m.Policy)
-	if err != nil || ref.Kind != r.kind {
-		return nil
+	if kind == keepalive.KindKeepalivePolicy {
+		return namespaced
 	}
-	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}}}
+	return cluster
+}
+
+func requestFor(ref keepalive.Ref) reconcile.Request {
+	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}}
+}
+
+// namespaceToPolicies wakes the policies of a kind that select a namespace
+// before or after a label change that matters to them.
+func (m *mapper) namespaceToPolicies(kind string, delay time.Duration) handler.TypedEventHandler[client.Object, reconcile.Request] {
+	return handler.TypedFuncs[client.Object, reconcile.Request]{
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q policyQueue) {
+			if !m.namespaceMatters(ctx, e.ObjectOld, e.ObjectNew) {
+				return
+			}
+			name := e.ObjectNew.GetName()
+			for _, p := range m.policiesOfKind(ctx, kind, name) {
+				if p.SelectsNamespace(name, e.ObjectOld.GetLabels()) || p.SelectsNamespace(name, e.ObjectNew.GetLabels()) {
+					q.AddAfter(requestFor(p.Ref), delay)
+				}
+			}
+		},
+	}
+}
+
+// nodeToPolicies wakes, when a node's kubelet or kernel changes, the
+// policies of a kind that select pods on it.
+func (m *mapper) nodeToPolicies(kind string, delay time.Duration) handler.TypedEventHandler[client.Object, reconcile.Request] {
+	return handler.TypedFuncs[client.Object, reconcile.Request]{
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q policyQueue) {
+			o, ok1 := e.ObjectOld.(*corev1.Node)
+			n, ok2 := e.ObjectNew.(*corev1.Node)
+			if !ok1 || !ok2 || o.Status.NodeInfo.KubeletVersion == n.Status.NodeInfo.KubeletVersion &&
+				o.Status.NodeInfo.KernelVersion == n.Status.NodeInfo.KernelVersion {
+				return
+			}
+			var pods corev1.PodList
+			if err := m.client.List(ctx, &pods, client.MatchingFields{indexNode: n.Name}, client.UnsafeDisableDeepCopy); err != nil {
+				logf.FromContext(ctx).Error(err, "list the pods of a node", "node", n.Name)
+				return
+			}
+			woken := map[keepalive.Ref]bool{}
+			for i := range pods.Items {
+				pod := &pods.Items[i]
+				ns, ok := m.namespace(ctx, pod.Namespace)
+				if !ok {
+					continue
+				}
+				for _, p := range m.policiesOfKind(ctx, kind, pod.Namespace) {
+					if !woken[p.Ref] && p.Applies(keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels, NamespaceLabels: ns.Labels}) {
+						woken[p.Ref] = true
+						q.AddAfter(requestFor(p.Ref), delay)
+					}
+				}
+			}
+		},
+	}
+}
+
+// recordToPolicies wakes the policies of a kind that a workload's record
+// names, before and after the event, for their workload counts.
+func (m *mapper) recordToPolicies(kind string, delay time.Duration) handler.TypedEventHandler[client.Object, reconcile.Request] {
+	enqueue := func(q policyQueue, objs ...client.Object) {
+		for _, o := range objs {
+			if ref, err := keepalive.ParseRef(recordPolicy(o)); err == nil && ref.Kind == kind {
+				q.AddAfter(requestFor(ref), delay)
+			}
+		}
+	}
+	return handler.TypedFuncs[client.Object, reconcile.Request]{
+		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[client.Object], q policyQueue) { enqueue(q, e.Object) },
+		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[client.Object], q policyQueue) {
+			enqueue(q, e.ObjectOld, e.ObjectNew)
+		},
+		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[client.Object], q policyQueue) { enqueue(q, e.Object) },
+	}
 }
 
 // deletionStarted passes the update that marks a policy for deletion.
@@ -128,28 +626,27 @@ var deletionStarted = predicate.Funcs{
 	},
 }
 
-// podChanged passes pod events that can change a policy's counts or
-// rollouts, and not the many status updates of running pods.
-var podChanged = predicate.Funcs{
-	UpdateFunc: func(e event.UpdateEvent) bool {
-		o, ok1 := e.ObjectOld.(*corev1.Pod)
-		n, ok2 := e.ObjectNew.(*corev1.Pod)
-		if !ok1 || !ok2 {
-			return true
-		}
-		return !equality.Semantic.DeepEqual(o.Labels, n.Labels) ||
-			!equality.Semantic.DeepEqual(o.Spec.SecurityContext, n.Spec.SecurityContext) ||
-			o.Spec.NodeName != n.Spec.NodeName || o.Status.Phase != n.Status.Phase ||
-			!o.DeletionTimestamp.Equal(n.DeletionTimestamp)
-	},
+// eachObject calls fn with every item of a list.
+func eachObject(list client.ObjectList, fn func(client.Object)) error {
+	return meta.EachListItem(list, func(o runtime.Object) error {
+		fn(o.(client.Object))
+		return nil
+	})
 }
 
-// nodeInfoChanged passes node events that can change what a node blocks.
-var nodeInfoChanged = predicate.Funcs{
-	UpdateFunc: func(e event.UpdateEvent) bool {
-		o, ok1 := e.ObjectOld.(*corev1.Node)
-		n, ok2 := e.ObjectNew.(*corev1.Node)
-		return !ok1 || !ok2 || o.Status.NodeInfo.KubeletVersion != n.Status.NodeInfo.KubeletVersion ||
-			o.Status.NodeInfo.KernelVersion != n.Status.NodeInfo.KernelVersion
-	},
+// policyObjectOf reads a policy named by reference from the cache, nil when
+// it is gone.
+func policyObjectOf(ctx context.Context, c client.Reader, ref string) runtime.Object {
+	parsed, err := keepalive.ParseRef(ref)
+	if err != nil {
+		return nil
+	}
+	var obj client.Object = &v1alpha1.KeepalivePolicy{}
+	if parsed.Kind == keepalive.KindClusterKeepalivePolicy {
+		obj = &v1alpha1.ClusterKeepalivePolicy{}
+	}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: parsed.Namespace, Name: parsed.Name}, obj); err != nil {
+		return nil
+	}
+	return obj
 }

@@ -23,14 +23,15 @@ const (
 	ReasonRolloutInProgress = "RolloutInProgress"
 	ReasonAuditOnly         = "AuditOnly"
 	ReasonRolloutDisabled   = "RolloutDisabled"
+	ReasonWorkloadsFailed   = "WorkloadsFailed"
 	ReasonL7Proxy           = "KeepaliveDoesNotResetProxyTimer"
 	ReasonNoL7Proxy         = "NoL7Proxy"
 	ReasonBlocked           = "PodsCannotTakeSysctls"
 	ReasonNoneBlocked       = "NoneBlocked"
 )
 
-// survey is what a pass found among the pods a policy selects.
-type survey struct {
+// podTally is what a pass found among the pods a policy selects.
+type podTally struct {
 	counts v1alpha1.PodCounts
 	// blocked counts skipped pods by the cause in their way.
 	blocked map[keepalive.SkipReason]int32
@@ -38,36 +39,41 @@ type survey struct {
 	// kubelets or kernels block pods.
 	blockedNamespaces map[string]bool
 	blockedNodes      map[string]bool
-	// staleWorkloads own stale pods and have a template to patch.
-	staleWorkloads map[workloadKey]bool
 	// unpatchable counts stale pods of Jobs, bare pods and pods of other
 	// controllers: they get the values only when created anew.
 	unpatchable int32
 }
 
-// rollout is what a pass did to the workloads.
-type rollout struct {
-	patched int32 // templates that carry the values
-	rolling int32 // of those, still rolling out
-	pending int32 // waiting for a rollout slot
+// workloadTally is where the workloads of a policy stand.
+type workloadTally struct {
+	counts v1alpha1.WorkloadCounts
+	// failedExample names one of the failed workloads.
+	failedExample string
 }
 
 // readyCondition says whether the policy is in force.
-func readyCondition(spec *v1alpha1.KeepalivePolicySpec, s survey, w rollout) metav1.Condition {
+func readyCondition(spec *v1alpha1.KeepalivePolicySpec, s podTally, w workloadTally) metav1.Condition {
 	c := metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue}
+	n := w.counts
 	switch {
 	case spec.Mode == v1alpha1.ModeAudit:
 		c.Reason = ReasonAuditOnly
 		c.Message = fmt.Sprintf("Audit mode: values computed, nothing changed; %d of %d pods would need them", s.counts.Stale, s.counts.Matched)
-	case w.pending > 0 || w.rolling > 0:
+	case n.Failed > 0:
+		c.Status, c.Reason = metav1.ConditionFalse, ReasonWorkloadsFailed
+		c.Message = fmt.Sprintf("%d workloads could not be brought to their values, %s among them; the policy's events give the errors", n.Failed, w.failedExample)
+	case n.Pending > 0 || n.Rolling > 0:
 		c.Status, c.Reason = metav1.ConditionFalse, ReasonRolloutInProgress
-		c.Message = fmt.Sprintf("%d workloads rolling out, %d waiting for a rollout slot", w.rolling, w.pending)
+		c.Message = fmt.Sprintf("%d workloads rolling out, %d waiting for a rollout slot", n.Rolling, n.Pending)
 	case spec.Rollout == v1alpha1.RolloutNone:
 		c.Reason = ReasonRolloutDisabled
 		c.Message = fmt.Sprintf("rollout: None: new pods get the values; %d running pods keep older ones until their workloads roll", s.counts.Stale)
 	default:
 		c.Reason = ReasonApplied
-		c.Message = fmt.Sprintf("%d of %d pods compliant, %d workload templates carry the values", s.counts.Compliant, s.counts.Matched, w.patched)
+		c.Message = fmt.Sprintf("%d of %d pods compliant, %d workload templates carry the values", s.counts.Compliant, s.counts.Matched, n.Patched)
+		if n.WaitingForOwner > 0 {
+			c.Message += fmt.Sprintf("; %d of them wait for their owner to replace the pods (paused, OnDelete or partitioned)", n.WaitingForOwner)
+		}
 		if s.unpatchable > 0 {
 			c.Message += fmt.Sprintf("; %d stale pods belong to Jobs or no workload and get the values when created anew", s.unpatchable)
 		}
@@ -108,7 +114,7 @@ var blockedCauses = map[keepalive.SkipReason]string{
 }
 
 // podsBlockedCondition counts the pods that cannot take the values, by cause.
-func podsBlockedCondition(s survey) metav1.Condition {
+func podsBlockedCondition(s podTally) metav1.Condition {
 	var total int32
 	var parts []string
 	for _, reason := range slices.Sorted(maps.Keys(s.blocked)) {

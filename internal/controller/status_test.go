@@ -15,26 +15,32 @@ func TestReadyCondition(t *testing.T) {
 	enforce := &v1alpha1.KeepalivePolicySpec{Mode: v1alpha1.ModeEnforce, Rollout: v1alpha1.RolloutPatchTemplates}
 	audit := &v1alpha1.KeepalivePolicySpec{Mode: v1alpha1.ModeAudit, Rollout: v1alpha1.RolloutPatchTemplates}
 	none := &v1alpha1.KeepalivePolicySpec{Mode: v1alpha1.ModeEnforce, Rollout: v1alpha1.RolloutNone}
-	pods := survey{counts: v1alpha1.PodCounts{Matched: 10, Compliant: 7, Stale: 3}}
+	pods := podTally{counts: v1alpha1.PodCounts{Matched: 10, Compliant: 7, Stale: 3}}
+	w := func(c v1alpha1.WorkloadCounts) workloadTally { return workloadTally{counts: c} }
 	cases := map[string]struct {
 		spec *v1alpha1.KeepalivePolicySpec
-		s    survey
-		w    rollout
+		s    podTally
+		w    workloadTally
 		want metav1.Condition
 	}{
-		"applied": {enforce, pods, rollout{patched: 2}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonApplied,
+		"applied": {enforce, pods, w(v1alpha1.WorkloadCounts{Patched: 2}), metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonApplied,
 			Message: "7 of 10 pods compliant, 2 workload templates carry the values"}},
-		"applied, with pods no template reaches": {enforce, survey{counts: pods.counts, unpatchable: 2}, rollout{patched: 1}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonApplied,
+		"applied, with pods no template reaches": {enforce, podTally{counts: pods.counts, unpatchable: 2}, w(v1alpha1.WorkloadCounts{Patched: 1}), metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonApplied,
 			Message: "7 of 10 pods compliant, 1 workload templates carry the values; 2 stale pods belong to Jobs or no workload and get the values when created anew"}},
-		"rolling": {enforce, pods, rollout{patched: 2, rolling: 1}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonRolloutInProgress,
+		"applied, some waiting for their owner": {enforce, pods, w(v1alpha1.WorkloadCounts{Patched: 3, WaitingForOwner: 2}), metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonApplied,
+			Message: "7 of 10 pods compliant, 3 workload templates carry the values; 2 of them wait for their owner to replace the pods (paused, OnDelete or partitioned)"}},
+		"rolling": {enforce, pods, w(v1alpha1.WorkloadCounts{Patched: 2, Rolling: 1}), metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonRolloutInProgress,
 			Message: "1 workloads rolling out, 0 waiting for a rollout slot"}},
-		"waiting for slots": {enforce, pods, rollout{pending: 4}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonRolloutInProgress,
+		"waiting for slots": {enforce, pods, w(v1alpha1.WorkloadCounts{Pending: 4}), metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonRolloutInProgress,
 			Message: "0 workloads rolling out, 4 waiting for a rollout slot"}},
-		"audit": {audit, pods, rollout{}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonAuditOnly,
+		"failed": {enforce, pods, workloadTally{counts: v1alpha1.WorkloadCounts{Patched: 2, Rolling: 1, Failed: 2}, failedExample: "Deployment/shop/api"},
+			metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonWorkloadsFailed,
+				Message: "2 workloads could not be brought to their values, Deployment/shop/api among them; the policy's events give the errors"}},
+		"audit": {audit, pods, workloadTally{}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonAuditOnly,
 			Message: "Audit mode: values computed, nothing changed; 3 of 10 pods would need them"}},
-		"rollout None": {none, pods, rollout{}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonRolloutDisabled,
+		"rollout None": {none, pods, workloadTally{}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonRolloutDisabled,
 			Message: "rollout: None: new pods get the values; 3 running pods keep older ones until their workloads roll"}},
-		"rollout None while restoring": {none, pods, rollout{pending: 1}, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonRolloutInProgress,
+		"rollout None while restoring": {none, pods, w(v1alpha1.WorkloadCounts{Pending: 1}), metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonRolloutInProgress,
 			Message: "0 workloads rolling out, 1 waiting for a rollout slot"}},
 	}
 	for name, tc := range cases {
@@ -72,11 +78,11 @@ func TestL7Condition(t *testing.T) {
 
 func TestPodsBlockedCondition(t *testing.T) {
 	cases := map[string]struct {
-		s    survey
+		s    podTally
 		want metav1.Condition
 	}{
-		"none": {survey{}, metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionFalse, Reason: ReasonNoneBlocked, Message: "no selected pod is kept from the values"}},
-		"every cause": {survey{
+		"none": {podTally{}, metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionFalse, Reason: ReasonNoneBlocked, Message: "no selected pod is kept from the values"}},
+		"every cause": {podTally{
 			blocked: map[keepalive.SkipReason]int32{
 				keepalive.SkipHostNetwork: 2, keepalive.SkipWindows: 1, keepalive.SkipPodSecurityVersion: 3,
 				keepalive.SkipNodeKubelet: 1, keepalive.SkipNodeKernel: 1, keepalive.SkipClusterVersion: 1,

@@ -7,8 +7,12 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -17,19 +21,31 @@ import (
 	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
 )
 
-// The suite runs the reconcilers against a real kube-apiserver and etcd.
+// The suite runs the reconcilers against a real kube-apiserver and etcd, as
+// their own user, whose requests the API server's audit log records.
 // There is no controller-manager: specs create the ReplicaSets and pods of
 // workloads themselves, and report rollouts through the status subresource.
 // No webhook runs either, so pods are created as the specs write them.
 
-// maxRollouts is the rollout limit of the suite's manager.
-const maxRollouts = 3
+const (
+	// maxRollouts is the rollout limit of the suite's manager.
+	maxRollouts = 3
+	// excludedNamespace is excluded by the manager's options, as by
+	// --excluded-namespaces.
+	excludedNamespace = "excluded-by-flag"
+	// excludedLabel on a pod or template leaves it out, as the suite's
+	// --object-selector says.
+	excludedLabel = "test.keepalive.io/excluded"
+)
 
 var (
-	ctx         = context.Background()
-	env         *testenv.Env
-	k8sClient   client.Client
-	stopManager func()
+	ctx       = context.Background()
+	env       *testenv.Env
+	k8sClient client.Client
+	// startManager and stopManager run the operator's reconcilers; a spec
+	// may stop them and start new ones, as a new leader.
+	startManager func()
+	stopManager  func()
 )
 
 func TestController(t *testing.T) {
@@ -41,29 +57,43 @@ func TestController(t *testing.T) {
 var _ = BeforeSuite(func() {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
 	var err error
-	env, err = testenv.Start(testenv.CRDs, nil, GinkgoT().TempDir())
+	env, err = testenv.Start(testenv.CRDs|testenv.Audit, nil, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient = env.Client
-
-	mo := env.ManagerOptions()
-	mo.Cache = cache.Options{DefaultTransform: StripForCache}
-	mgr, err := ctrl.NewManager(env.Config, mo)
+	Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: excludedNamespace}})).To(Succeed())
+	operator, err := env.OperatorConfig()
 	Expect(err).NotTo(HaveOccurred())
-	Expect(Setup(mgr, Options{
-		Cluster:               func() keepalive.Cluster { return keepalive.Cluster{Minor: 36, OperatorNamespace: "keepalive-system"} },
-		MaxConcurrentRollouts: maxRollouts,
-		RequeueAfter:          time.Second,
-	})).To(Succeed())
-	mctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		defer GinkgoRecover()
-		done <- mgr.Start(mctx)
-	}()
-	stopManager = func() {
-		cancel()
-		Eventually(done, 30*time.Second).Should(Receive(BeNil()))
+	podSelector, err := labels.Parse(excludedLabel + " notin (true)")
+	Expect(err).NotTo(HaveOccurred())
+	cluster := keepalive.Cluster{Minor: 36, OperatorNamespace: "keepalive-system",
+		ExcludedNamespaces: []string{excludedNamespace}, PodSelector: podSelector}
+
+	startManager = func() {
+		mo := env.ManagerOptions()
+		mo.Cache = CacheOptions()
+		// A spec may start a second manager, as a new leader, with the same controllers.
+		mo.Controller = config.Controller{SkipNameValidation: ptr.To(true)}
+		mgr, err := ctrl.NewManager(operator, mo)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(Setup(mgr, Options{
+			Cluster:               func() keepalive.Cluster { return cluster },
+			MaxConcurrentRollouts: maxRollouts,
+			ProgressDeadline:      5 * time.Second,
+			StatusDelay:           200 * time.Millisecond,
+		})).To(Succeed())
+		mctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			defer GinkgoRecover()
+			done <- mgr.Start(mctx)
+		}()
+		stopManager = func() {
+			cancel()
+			Eventually(done, 30*time.Second).Should(Receive(BeNil()))
+			stopManager = nil
+		}
 	}
+	startManager()
 })
 
 var _ = AfterSuite(func() {

@@ -2,14 +2,18 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 )
 
 // workloadKey names a workload.
@@ -20,6 +24,49 @@ type workloadKey struct {
 }
 
 func (k workloadKey) String() string { return k.Kind + "/" + k.Namespace + "/" + k.Name }
+
+func (k workloadKey) objectKey() client.ObjectKey {
+	return client.ObjectKey{Namespace: k.Namespace, Name: k.Name}
+}
+
+func keyOf(kind string, obj client.Object) workloadKey {
+	return workloadKey{Kind: kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
+}
+
+// kindOf names the workload kind of an object, "" for anything else.
+func kindOf(obj client.Object) string {
+	switch obj.(type) {
+	case *appsv1.Deployment:
+		return kindDeployment
+	case *appsv1.StatefulSet:
+		return kindStatefulSet
+	case *appsv1.DaemonSet:
+		return kindDaemonSet
+	case *appsv1.ReplicaSet:
+		return kindReplicaSet
+	case *batchv1.CronJob:
+		return kindCronJob
+	}
+	return ""
+}
+
+func newJobList() client.ObjectList { return &batchv1.JobList{} }
+
+// kindOfOwned names a ReplicaSet or a Job in the owner index.
+func kindOfOwned(obj client.Object) string {
+	if _, ok := obj.(*batchv1.Job); ok {
+		return kindJob
+	}
+	return kindReplicaSet
+}
+
+// ours reports whether the operator patches the object's template: a
+// ReplicaSet that a Deployment controls carries a copy of the Deployment's
+// annotations, record included, but only the Deployment is ours to change.
+func ours(obj client.Object) bool {
+	_, isRS := obj.(*appsv1.ReplicaSet)
+	return !isRS || metav1.GetControllerOf(obj) == nil
+}
 
 // The workload kinds whose pod templates the operator patches.
 const (
@@ -119,6 +166,84 @@ func rolling(obj client.Object) bool {
 		return s.ObservedGeneration < o.Generation || s.UpdatedNumberScheduled < s.DesiredNumberScheduled || s.NumberAvailable < s.DesiredNumberScheduled
 	}
 	return false
+}
+
+// rollsPods reports whether a template change of the workload replaces
+// running pods by itself, which is what a rollout slot is for. A paused
+// Deployment, an OnDelete strategy, a StatefulSet partition at or above its
+// replicas and a workload with no pods wait for their owner instead; a
+// ReplicaSet or a CronJob only gives new pods the new template.
+func rollsPods(obj client.Object) bool {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return !o.Spec.Paused && ptr.Deref(o.Spec.Replicas, 1) > 0
+	case *appsv1.StatefulSet:
+		s := o.Spec.UpdateStrategy
+		if s.Type == appsv1.OnDeleteStatefulSetStrategyType {
+			return false
+		}
+		replicas := ptr.Deref(o.Spec.Replicas, 1)
+		partition := int32(0)
+		if s.RollingUpdate != nil {
+			partition = ptr.Deref(s.RollingUpdate.Partition, 0)
+		}
+		return replicas > 0 && partition < replicas
+	case *appsv1.DaemonSet:
+		return o.Spec.UpdateStrategy.Type != appsv1.OnDeleteDaemonSetStrategyType
+	}
+	return false
+}
+
+// updatedReplicas is how many pods run the workload's current template, the
+// measure of a rollout's progress.
+func updatedReplicas(obj client.Object) int32 {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return o.Status.UpdatedReplicas
+	case *appsv1.StatefulSet:
+		return o.Status.UpdatedReplicas
+	case *appsv1.DaemonSet:
+		return o.Status.UpdatedNumberScheduled
+	}
+	return 0
+}
+
+// templateView is what the decisions read of a pod template.
+func templateView(t *corev1.PodTemplateSpec) keepalive.PodView {
+	v := keepalive.PodView{Labels: t.Labels, Annotations: t.Annotations, HostNetwork: t.Spec.HostNetwork, Sysctls: templateSysctls(t)}
+	if t.Spec.OS != nil {
+		v.OS = string(t.Spec.OS.Name)
+	}
+	return v
+}
+
+// templatePatch is a JSON merge patch that sets the workload's template
+// sysctls and record, and nothing else, on the given resourceVersion: other
+// writers' fields, and fields this binary does not know, stay as they are.
+// Empty sysctls and a nil record remove them.
+func templatePatch(kind, resourceVersion string, d keepalive.Template) client.Patch {
+	meta := map[string]any{"resourceVersion": resourceVersion}
+	if d.RecordChanged {
+		var record any
+		if d.Record != nil {
+			record = d.Record.String()
+		}
+		meta["annotations"] = map[string]any{keepalive.AnnotationManagedSysctls: record}
+	}
+	body := map[string]any{"metadata": meta}
+	if d.SysctlsChanged {
+		var sysctls any
+		if len(d.Sysctls) > 0 {
+			sysctls = d.Sysctls
+		}
+		spec := map[string]any{"template": map[string]any{"spec": map[string]any{"securityContext": map[string]any{"sysctls": sysctls}}}}
+		if kind == kindCronJob {
+			spec = map[string]any{"jobTemplate": map[string]any{"spec": spec}}
+		}
+		body["spec"] = spec
+	}
+	raw, _ := json.Marshal(body) // maps of strings and sysctls: always marshals
+	return client.RawPatch(types.MergePatchType, raw)
 }
 
 // owner finds the workload whose template makes the pod: through a

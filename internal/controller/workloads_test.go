@@ -1,13 +1,20 @@
 package controller
 
 import (
+	"fmt"
 	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 )
 
 func deploymentWith(generation int64, status appsv1.DeploymentStatus) *appsv1.Deployment {
@@ -43,36 +50,144 @@ func TestRolling(t *testing.T) {
 	}
 }
 
-func TestRollouts(t *testing.T) {
-	r := NewRollouts(2)
-	a, b, c := workloadKey{"Deployment", "ns", "a"}, workloadKey{"Deployment", "ns", "b"}, workloadKey{"Deployment", "ns", "c"}
-	if !r.acquire(a) || !r.acquire(b) {
-		t.Fatal("two slots of two were refused")
+func TestRollsPods(t *testing.T) {
+	zero, three, two := int32(0), int32(3), int32(2)
+	cases := map[string]struct {
+		obj  client.Object
+		want bool
+	}{
+		"deployment":                  {&appsv1.Deployment{}, true},
+		"paused deployment":           {&appsv1.Deployment{Spec: appsv1.DeploymentSpec{Paused: true}}, false},
+		"deployment scaled to zero":   {&appsv1.Deployment{Spec: appsv1.DeploymentSpec{Replicas: &zero}}, false},
+		"statefulset":                 {&appsv1.StatefulSet{Spec: appsv1.StatefulSetSpec{Replicas: &three}}, true},
+		"statefulset OnDelete":        {&appsv1.StatefulSet{Spec: appsv1.StatefulSetSpec{UpdateStrategy: appsv1.StatefulSetUpdateStrategy{Type: appsv1.OnDeleteStatefulSetStrategyType}}}, false},
+		"partition below replicas":    {&appsv1.StatefulSet{Spec: appsv1.StatefulSetSpec{Replicas: &three, UpdateStrategy: appsv1.StatefulSetUpdateStrategy{RollingUpdate: &appsv1.RollingUpdateStatefulSetStrategy{Partition: &two}}}}, true},
+		"partition at replicas":       {&appsv1.StatefulSet{Spec: appsv1.StatefulSetSpec{Replicas: &two, UpdateStrategy: appsv1.StatefulSetUpdateStrategy{RollingUpdate: &appsv1.RollingUpdateStatefulSetStrategy{Partition: &two}}}}, false},
+		"daemonset":                   {&appsv1.DaemonSet{}, true},
+		"daemonset OnDelete":          {&appsv1.DaemonSet{Spec: appsv1.DaemonSetSpec{UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.OnDeleteDaemonSetStrategyType}}}, false},
+		"replicaset replaces nothing": {&appsv1.ReplicaSet{}, false},
+		"cronjob replaces nothing":    {&batchv1.CronJob{}, false},
 	}
-	if r.acquire(c) {
-		t.Fatal("a third rollout got a slot")
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := rollsPods(tc.obj); got != tc.want {
+				t.Errorf("rollsPods() = %v, want %v", got, tc.want)
+			}
+		})
 	}
-	if !r.acquire(a) {
+}
+
+func TestSlots(t *testing.T) {
+	now := time.Unix(1000, 0)
+	s := newSlots(2, time.Minute)
+	a, b, c, d := workloadKey{"Deployment", "ns", "a"}, workloadKey{"Deployment", "ns", "b"}, workloadKey{"StatefulSet", "ns", "c"}, workloadKey{"Deployment", "ns", "d"}
+	if ok, _ := s.acquire(a, "P", now); !ok {
+		t.Fatal("first slot refused")
+	}
+	if ok, _ := s.acquire(b, "P", now); !ok {
+		t.Fatal("second slot refused")
+	}
+	if ok, joined := s.acquire(c, "Q", now); ok || !joined {
+		t.Fatalf("a third rollout: ok=%v joined=%v, want a place in the queue", ok, joined)
+	}
+	if ok, joined := s.acquire(d, "Q", now); ok || !joined {
+		t.Fatal("a fourth rollout did not queue")
+	}
+	if _, joined := s.acquire(c, "Q", now); joined {
+		t.Fatal("a workload joined the queue twice")
+	}
+	if rolling, pending := s.count("Q"); rolling != 0 || pending != 2 {
+		t.Fatalf("count(Q) = %d rolling, %d pending; want 0, 2", rolling, pending)
+	}
+	if ok, _ := s.acquire(a, "P", now); !ok {
 		t.Fatal("a workload lost the slot it holds")
 	}
-	r.started(a, 4)
+	s.started(a, 4, 0)
 	// The cache still shows generation 3, done: the change is not seen yet.
-	if !r.observe(a, deploymentWith(3, appsv1.DeploymentStatus{ObservedGeneration: 3, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1})) {
+	if p, _ := s.observe(a, deploymentWith(3, appsv1.DeploymentStatus{ObservedGeneration: 3, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}), now); p != stillRolling {
 		t.Fatal("a stale cache freed the slot")
 	}
-	if r.observe(a, deploymentWith(4, appsv1.DeploymentStatus{ObservedGeneration: 4, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1})) {
-		t.Fatal("a finished rollout still counts as rolling")
+	if p, _ := s.observe(a, deploymentWith(4, appsv1.DeploymentStatus{ObservedGeneration: 4, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}), now); p != finished {
+		t.Fatal("a finished rollout still holds its slot")
 	}
-	if !r.acquire(c) {
-		t.Fatal("the freed slot was not given out")
+	// One slot is free: only the first in the queue is woken.
+	if diff := cmp.Diff([]workloadKey{c}, s.wake()); diff != "" {
+		t.Fatalf("woken (-want +got):\n%s", diff)
 	}
-	r.release(b)
-	// A rollout found under way counts even past the limit.
-	if !r.observe(workloadKey{"Deployment", "ns", "d"}, deploymentWith(2, appsv1.DeploymentStatus{ObservedGeneration: 1})) {
-		t.Fatal("a rollout under way was not counted")
+	if ok, _ := s.acquire(c, "Q", now); !ok {
+		t.Fatal("the freed slot was not given to the first waiting")
 	}
-	if r.acquire(b) {
-		t.Fatal("a slot was given out while the limit is reached")
+	// A StatefulSet without progress frees its slot at the deadline.
+	three := int32(3)
+	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Generation: 2}, Spec: appsv1.StatefulSetSpec{Replicas: &three},
+		Status: appsv1.StatefulSetStatus{ObservedGeneration: 2, UpdatedReplicas: 1}}
+	s.started(c, 2, 0)
+	// One more pod updated at 30 s: the deadline counts from then.
+	if p, retry := s.observe(c, sts, now.Add(30*time.Second)); p != stillRolling || retry != 61*time.Second {
+		t.Fatalf("progress: %v, retry in %s", p, retry)
+	}
+	if p, _ := s.observe(c, sts, now.Add(80*time.Second)); p != stillRolling {
+		t.Fatal("progress at 30 s did not move the deadline")
+	}
+	if p, _ := s.observe(c, sts, now.Add(91*time.Second)); p != stuck {
+		t.Fatal("a StatefulSet past its deadline kept its slot")
+	}
+	// A workload paused while rolling frees its slot.
+	paused := deploymentWith(5, appsv1.DeploymentStatus{ObservedGeneration: 5})
+	paused.Spec.Paused = true
+	s.started(b, 5, 0)
+	if p, _ := s.observe(b, paused, now); p != finished {
+		t.Fatal("a paused Deployment kept its slot")
+	}
+	// A new leader counts the rollouts under way, even beyond the limit.
+	r := newSlots(1, time.Minute)
+	r.rebuild(now, func() map[workloadKey]slot {
+		return map[workloadKey]slot{a: {policy: "P", generation: 3}, b: {policy: "P", generation: 7}}
+	})
+	r.rebuild(now, func() map[workloadKey]slot { t.Fatal("rebuilt twice"); return nil })
+	if ok, _ := r.acquire(c, "P", now); ok {
+		t.Fatal("a slot was given out while rollouts found under way fill the limit")
+	}
+	if rolling, _ := r.count("P"); rolling != 2 {
+		t.Fatalf("rebuilt %d rollouts, want 2", rolling)
+	}
+	// No limit.
+	u := newSlots(0, time.Minute)
+	for i := range 100 {
+		if ok, _ := u.acquire(workloadKey{"Deployment", "ns", fmt.Sprint(i)}, "P", now); !ok {
+			t.Fatal("no limit refused a slot")
+		}
+	}
+}
+
+func TestTemplatePatch(t *testing.T) {
+	rec := &keepalive.Managed{Policy: "KeepalivePolicy/shop/nlb", Set: []corev1.Sysctl{{Name: keepalive.SysctlTime, Value: "175"}}}
+	cases := map[string]struct {
+		kind string
+		d    keepalive.Template
+		want string
+	}{
+		"sysctls and record": {kindDeployment, keepalive.Template{Sysctls: rec.Set, Record: rec, SysctlsChanged: true, RecordChanged: true},
+			`{"metadata":{"annotations":{"keepalive.io/managed-sysctls":"{\"policy\":\"KeepalivePolicy/shop/nlb\",\"set\":[{\"name\":\"net.ipv4.tcp_keepalive_time\",\"value\":\"175\"}]}"},"resourceVersion":"7"},` +
+				`"spec":{"template":{"spec":{"securityContext":{"sysctls":[{"name":"net.ipv4.tcp_keepalive_time","value":"175"}]}}}}}`},
+		"restore to none": {kindStatefulSet, keepalive.Template{SysctlsChanged: true, RecordChanged: true},
+			`{"metadata":{"annotations":{"keepalive.io/managed-sysctls":null},"resourceVersion":"7"},"spec":{"template":{"spec":{"securityContext":{"sysctls":null}}}}}`},
+		"record only": {kindDeployment, keepalive.Template{Sysctls: rec.Set, Record: rec, RecordChanged: true},
+			`{"metadata":{"annotations":{"keepalive.io/managed-sysctls":"{\"policy\":\"KeepalivePolicy/shop/nlb\",\"set\":[{\"name\":\"net.ipv4.tcp_keepalive_time\",\"value\":\"175\"}]}"},"resourceVersion":"7"}}`},
+		"cronjob's job template": {kindCronJob, keepalive.Template{Sysctls: rec.Set, SysctlsChanged: true},
+			`{"metadata":{"resourceVersion":"7"},"spec":{"jobTemplate":{"spec":{"template":{"spec":{"securityContext":{"sysctls":[{"name":"net.ipv4.tcp_keepalive_time","value":"175"}]}}}}}}}`},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := templatePatch(tc.kind, "7", tc.d)
+			raw, err := p.Data(nil)
+			if err != nil || p.Type() != types.MergePatchType {
+				t.Fatalf("patch %s: %v", p.Type(), err)
+			}
+			if string(raw) != tc.want {
+				t.Errorf("patch\n got %s\nwant %s", raw, tc.want)
+			}
+		})
 	}
 }
 

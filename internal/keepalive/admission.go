@@ -3,10 +3,12 @@ package keepalive
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 )
@@ -43,9 +45,10 @@ type SkipReason string
 
 // The reasons to leave a pod alone, in the order they are checked.
 const (
-	SkipExcludedNamespace  SkipReason = "excluded-namespace"   // a system namespace or the operator's
+	SkipExcludedNamespace  SkipReason = "excluded-namespace"   // a system namespace, the operator's, or excluded by flag
 	SkipNamespaceOptOut    SkipReason = "namespace-opt-out"    // namespace labelled keepalive.io/inject=disabled
 	SkipPodOptOut          SkipReason = "pod-opt-out"          // pod labelled keepalive.io/inject=disabled
+	SkipExcludedPod        SkipReason = "excluded-pod"         // outside --object-selector
 	SkipNoPolicy           SkipReason = "no-policy"            // no policy selects the pod
 	SkipHostNetwork        SkipReason = "host-network"         // net.* sysctls are refused with hostNetwork
 	SkipWindows            SkipReason = "windows"              // Windows pods take no sysctls
@@ -78,6 +81,32 @@ type Cluster struct {
 	UnsafeSysctlsAllowed bool
 	// OperatorNamespace is never injected.
 	OperatorNamespace string
+	// ExcludedNamespaces are left alone like the system namespaces.
+	ExcludedNamespaces []string
+	// NamespaceSelector and PodSelector, when not nil, leave alone the
+	// namespaces and pods they do not match. They are the extra selectors of
+	// the webhook configuration, so that templates and status count the same
+	// pods the API server sends to the webhook.
+	NamespaceSelector labels.Selector
+	PodSelector       labels.Selector
+}
+
+// leftOut says why the operator leaves a pod alone whatever the policies,
+// or returns "": excluded namespaces and pods, and opt-out labels.
+func (c Cluster) leftOut(pod PodView, ns Namespace) SkipReason {
+	switch {
+	case ns.Name == c.OperatorNamespace || isSystemNamespace(ns.Name) || slices.Contains(c.ExcludedNamespaces, ns.Name):
+		return SkipExcludedNamespace
+	case c.NamespaceSelector != nil && !c.NamespaceSelector.Matches(labels.Set(ns.Labels)):
+		return SkipExcludedNamespace
+	case ns.Labels[LabelInject] == InjectDisabled:
+		return SkipNamespaceOptOut
+	case pod.Labels[LabelInject] == InjectDisabled:
+		return SkipPodOptOut
+	case c.PodSelector != nil && !c.PodSelector.Matches(labels.Set(pod.Labels)):
+		return SkipExcludedPod
+	}
+	return ""
 }
 
 // Annotation is one annotation to set on the pod.
@@ -105,14 +134,8 @@ func (d Decision) Changed() bool { return d.Sysctls != nil || len(d.Annotations)
 // (namespaced ones of the pod's namespace and cluster ones) and merges its
 // values into the pod's sysctls, or says why it leaves the pod alone.
 func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision {
-	if ns.Name == c.OperatorNamespace || isSystemNamespace(ns.Name) {
-		return Decision{Skip: SkipExcludedNamespace}
-	}
-	if ns.Labels[LabelInject] == InjectDisabled {
-		return Decision{Skip: SkipNamespaceOptOut}
-	}
-	if pod.Labels[LabelInject] == InjectDisabled {
-		return Decision{Skip: SkipPodOptOut}
+	if reason := c.leftOut(pod, ns); reason != "" {
+		return Decision{Skip: reason}
 	}
 	p, ok := Select(Target{Namespace: ns.Name, Labels: pod.Labels, NamespaceLabels: ns.Labels}, policies...)
 	if !ok {
@@ -148,6 +171,26 @@ func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision
 	return d
 }
 
+// NamespaceMatters reports whether a change of a namespace's labels can
+// change what the policies do to its pods: its exclusion or opt-out, Pod
+// Security, or a policy's namespaceSelector.
+func NamespaceMatters(old, updated Namespace, c Cluster, policies []Policy) bool {
+	if c.leftOut(PodView{}, old) != c.leftOut(PodView{}, updated) {
+		return true
+	}
+	_, _, blockedBefore := podSecurityBlocks(old.Labels, c.Minor)
+	_, _, blockedAfter := podSecurityBlocks(updated.Labels, c.Minor)
+	if blockedBefore != blockedAfter {
+		return true
+	}
+	for i := range policies {
+		if policies[i].SelectsNamespace(old.Name, old.Labels) != policies[i].SelectsNamespace(updated.Name, updated.Labels) {
+			return true
+		}
+	}
+	return false
+}
+
 // blocked says why a pod selected by a policy cannot take the sysctls, or
 // returns "" when it can.
 func blocked(pod PodView, ns Namespace, c Cluster) (SkipReason, string) {
@@ -168,14 +211,7 @@ func blocked(pod PodView, ns Namespace, c Cluster) (SkipReason, string) {
 	return "", ""
 }
 
-func isSystemNamespace(name string) bool {
-	for _, s := range SystemNamespaces {
-		if name == s {
-			return true
-		}
-	}
-	return false
-}
+func isSystemNamespace(name string) bool { return slices.Contains(SystemNamespaces, name) }
 
 // podSecurityBlocks reports whether the namespace's enforced Pod Security
 // level rejects the keepalive sysctls: baseline and restricted allow them

@@ -6,6 +6,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
@@ -47,6 +48,25 @@ func TestDecide(t *testing.T) {
 		"the operator's namespace is excluded": {
 			ns: Namespace{Name: "keepalive-system"}, cluster: current, policies: []Policy{everywhere},
 			want: Decision{Skip: SkipExcludedNamespace},
+		},
+		"a namespace excluded by flag": {
+			ns: shop, cluster: Cluster{Minor: 36, ExcludedNamespaces: []string{"batch", "shop"}}, policies: []Policy{nlb},
+			want: Decision{Skip: SkipExcludedNamespace},
+		},
+		"a namespace outside the namespace selector": {
+			ns: shop, cluster: Cluster{Minor: 36, NamespaceSelector: mustSelector(t, "team in (web)")}, policies: []Policy{nlb},
+			want: Decision{Skip: SkipExcludedNamespace},
+		},
+		"a pod outside the object selector": {
+			pod: PodView{Labels: map[string]string{"tier": "batch"}}, ns: shop,
+			cluster: Cluster{Minor: 36, PodSelector: mustSelector(t, "tier notin (batch)")}, policies: []Policy{nlb},
+			want: Decision{Skip: SkipExcludedPod},
+		},
+		"a pod inside both selectors": {
+			pod: PodView{Labels: map[string]string{"tier": "web"}}, ns: Namespace{Name: "shop", Labels: map[string]string{"team": "web"}},
+			cluster: Cluster{Minor: 36, NamespaceSelector: mustSelector(t, "team in (web)"), PodSelector: mustSelector(t, "tier notin (batch)")},
+			policies: []Policy{nlb},
+			want:     injected,
 		},
 		"namespace opted out": {
 			ns: Namespace{Name: "shop", Labels: map[string]string{LabelInject: InjectDisabled}}, cluster: current, policies: []Policy{nlb},
@@ -165,6 +185,15 @@ func TestDecide(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mustSelector(t *testing.T, s string) labels.Selector {
+	t.Helper()
+	sel, err := labels.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sel
 }
 
 func TestDescribe(t *testing.T) {

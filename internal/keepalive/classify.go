@@ -78,13 +78,8 @@ func kernelVersion(v string) (major, minor int, ok bool) {
 // Classify says where a pod that the policy selects stands, and for a
 // skipped pod why. node is the pod's node, nil while it is unscheduled.
 func Classify(pod PodView, ns Namespace, c Cluster, p *Policy, node *NodeInfo) (PodState, SkipReason) {
-	switch {
-	case ns.Name == c.OperatorNamespace || isSystemNamespace(ns.Name):
-		return PodSkipped, SkipExcludedNamespace
-	case ns.Labels[LabelInject] == InjectDisabled:
-		return PodSkipped, SkipNamespaceOptOut
-	case pod.Labels[LabelInject] == InjectDisabled:
-		return PodSkipped, SkipPodOptOut
+	if reason := c.leftOut(pod, ns); reason != "" {
+		return PodSkipped, reason
 	}
 	if reason, _ := blocked(pod, ns, c); reason != "" {
 		return PodSkipped, reason

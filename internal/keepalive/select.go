@@ -37,9 +37,10 @@ func (r Ref) String() string {
 // Policy is a policy ready to be matched against pods: its selectors parsed
 // and its values computed.
 type Policy struct {
-	Ref    Ref
-	Mode   v1alpha1.Mode
-	Result Result
+	Ref     Ref
+	Mode    v1alpha1.Mode
+	Rollout v1alpha1.Rollout
+	Result  Result
 	// podSelector and namespaceSelector are nil when they select everything.
 	podSelector       labels.Selector
 	namespaceSelector labels.Selector
@@ -64,7 +65,7 @@ func newPolicy(ref Ref, spec v1alpha1.KeepalivePolicySpec, nsSel *metav1.LabelSe
 	if err != nil {
 		return Policy{}, err
 	}
-	pol := Policy{Ref: ref, Mode: spec.Mode, Result: res, name: ref.String(), sysctls: res.Values.Sysctls()}
+	pol := Policy{Ref: ref, Mode: spec.Mode, Rollout: spec.Rollout, Result: res, name: ref.String(), sysctls: res.Values.Sysctls()}
 	if pol.podSelector, err = selector(spec.PodSelector); err != nil {
 		return Policy{}, fmt.Errorf("podSelector: %w", err)
 	}
@@ -100,6 +101,15 @@ func (p *Policy) Applies(t Target) bool {
 		return false
 	}
 	return p.podSelector == nil || p.podSelector.Matches(labels.Set(t.Labels))
+}
+
+// SelectsNamespace reports whether the policy is in scope for the pods of a
+// namespace with these labels.
+func (p *Policy) SelectsNamespace(name string, nsLabels map[string]string) bool {
+	if p.Ref.Kind == KindKeepalivePolicy {
+		return p.Ref.Namespace == name
+	}
+	return p.namespaceSelector == nil || p.namespaceSelector.Matches(labels.Set(nsLabels))
 }
 
 // Select returns the policy that governs the pod among those of the lists

@@ -3,8 +3,11 @@ package keepalive
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 )
 
 // AnnotationManagedSysctls on a workload records what the operator set in its
@@ -13,7 +16,7 @@ const AnnotationManagedSysctls = "keepalive.io/managed-sysctls"
 
 // Managed is the content of AnnotationManagedSysctls.
 type Managed struct {
-	// Policy names the policy that last patched the template (Ref.String()).
+	// Policy names the policy whose values the template carries (Ref.String()).
 	Policy string `json:"policy"`
 	// Set are the keepalive entries the operator wrote.
 	Set []corev1.Sysctl `json:"set"`
@@ -31,6 +34,9 @@ func ParseManaged(annotations map[string]string) (m Managed, ok bool, err error)
 	if err := json.Unmarshal([]byte(raw), &m); err != nil {
 		return Managed{}, true, fmt.Errorf("annotation %s: %w", AnnotationManagedSysctls, err)
 	}
+	if _, err := ParseRef(m.Policy); err != nil || len(m.Set) == 0 {
+		return Managed{}, true, fmt.Errorf("annotation %s: %q is not a record of the operator", AnnotationManagedSysctls, raw)
+	}
 	return m, true, nil
 }
 
@@ -40,87 +46,130 @@ func (m Managed) String() string {
 	return string(raw)
 }
 
-// RestoreTemplate returns the template's sysctls with what the operator set
-// undone: an entry it added is removed, an entry it replaced gets the user's
-// value back in its place. An entry the user changed since is left as the
-// user wrote it. Other sysctls are untouched, so a template nobody else
-// edited gets back exactly its original list.
-func RestoreTemplate(sysctls []corev1.Sysctl, m Managed) []corev1.Sysctl {
+// Template is what a workload's pod template should carry.
+type Template struct {
+	// Skip and Policy are the admission decision for a pod of the template
+	// as the user wrote it: the governing policy, or why none applies.
+	Skip   SkipReason
+	Policy *Policy
+	// Sysctls is the template's sysctl list as it should be.
+	Sysctls []corev1.Sysctl
+	// Record is the annotation to keep; nil for none.
+	Record *Managed
+	// SysctlsChanged and RecordChanged say what differs from the template
+	// and record given.
+	SysctlsChanged, RecordChanged bool
+}
+
+// Changed reports whether the workload must be written.
+func (t Template) Changed() bool { return t.SysctlsChanged || t.RecordChanged }
+
+// keepaliveNames are the sysctls the operator sets, in the order it appends
+// them.
+var keepaliveNames = [3]string{SysctlTime, SysctlInterval, SysctlProbes}
+
+// entry is one keepalive sysctl's value, or its absence.
+type entry struct {
+	value string
+	ok    bool
+}
+
+// DesiredTemplate decides what a workload's pod template should carry, given
+// its current sysctls (in tmpl) and the operator's record of them (rec, nil
+// when absent). It takes the admission decision for a pod of the template as
+// the user wrote it (the record's changes undone), over the policies that
+// patch templates, and applies it in place: entries keep their positions,
+// missing ones are appended, so the order of the user's list never matters.
+//
+// The result depends only on the user's own values, the namespace and the
+// policies, never on the order in which policies came and went. Deciding
+// again on the result changes nothing, and once no policy applies the
+// user's list is back exactly as written (entries, order and values).
+func DesiredTemplate(tmpl PodView, rec *Managed, ns Namespace, c Cluster, policies ...[]Policy) Template {
+	own := ownValues(tmpl.Sysctls, rec)
+	user := tmpl
+	user.Sysctls = withValues(tmpl.Sysctls, own)
+	d := Decide(user, ns, c, patching(policies)...)
+
+	want := own
+	if d.Skip == "" && d.Sysctls != nil {
+		for i, name := range keepaliveNames {
+			want[i] = lookup(d.Sysctls, name)
+		}
+	}
+	out := Template{Skip: d.Skip, Policy: d.Policy, Sysctls: withValues(tmpl.Sysctls, want)}
+	var m Managed
+	for i, name := range keepaliveNames {
+		if want[i] == own[i] {
+			continue
+		}
+		m.Set = append(m.Set, corev1.Sysctl{Name: name, Value: want[i].value})
+		if own[i].ok {
+			m.Original = append(m.Original, corev1.Sysctl{Name: name, Value: own[i].value})
+		}
+	}
+	if len(m.Set) > 0 {
+		m.Policy = d.Policy.name
+		out.Record = &m
+	}
+	out.SysctlsChanged = !slices.Equal(out.Sysctls, tmpl.Sysctls)
+	out.RecordChanged = (rec == nil) != (out.Record == nil) || rec != nil && rec.String() != out.Record.String()
+	return out
+}
+
+// patching keeps the policies that patch templates (rollout: PatchTemplates).
+func patching(lists [][]Policy) [][]Policy {
+	out := make([][]Policy, len(lists))
+	for i, list := range lists {
+		out[i] = slices.DeleteFunc(slices.Clone(list), func(p Policy) bool { return p.Rollout == v1alpha1.RolloutNone })
+	}
+	return out
+}
+
+// ownValues returns the user's own keepalive values: the template's, except
+// where an entry still holds what the record says the operator set, which
+// stands for the user's original (or its absence).
+func ownValues(sysctls []corev1.Sysctl, rec *Managed) [3]entry {
+	var own [3]entry
+	for i, name := range keepaliveNames {
+		own[i] = lookup(sysctls, name)
+		if rec == nil || !own[i].ok {
+			continue
+		}
+		if set := lookup(rec.Set, name); set == own[i] {
+			own[i] = lookup(rec.Original, name)
+		}
+	}
+	return own
+}
+
+// withValues returns the list with each keepalive entry set to vals in
+// place (removed when absent), and the missing ones appended.
+func withValues(sysctls []corev1.Sysctl, vals [3]entry) []corev1.Sysctl {
 	var out []corev1.Sysctl
+	var seen [3]bool
 	for _, s := range sysctls {
-		i := indexOf(m.Set, s.Name)
-		if i < 0 || m.Set[i].Value != s.Value {
+		i := slices.Index(keepaliveNames[:], s.Name)
+		if i < 0 || seen[i] {
 			out = append(out, s)
 			continue
 		}
-		if j := indexOf(m.Original, s.Name); j >= 0 {
-			out = append(out, m.Original[j])
+		seen[i] = true
+		if vals[i].ok {
+			out = append(out, corev1.Sysctl{Name: s.Name, Value: vals[i].value})
+		}
+	}
+	for i, name := range keepaliveNames {
+		if !seen[i] && vals[i].ok {
+			out = append(out, corev1.Sysctl{Name: name, Value: vals[i].value})
 		}
 	}
 	return out
 }
 
-// PatchTemplate merges the policy's values into a pod template's sysctls as
-// the webhook merges them into a pod. When the policy owns the template's
-// record, it first undoes what it set before, so that new, larger values
-// replace its own earlier ones but never the user's. When another policy owns
-// it, that policy's values stay as a floor and it stays the owner: two
-// policies that select the same pods settle on the smaller values instead of
-// undoing each other, and the owner's undo restores the user's originals. It
-// returns the new list, the annotation to record, and whether the list
-// changes.
-func PatchTemplate(sysctls []corev1.Sysctl, prev *Managed, policy string, v Values) ([]corev1.Sysctl, Managed, bool) {
-	base := sysctls
-	var inherited Managed
-	if prev != nil && prev.Policy == policy {
-		base = RestoreTemplate(sysctls, *prev)
-	} else if prev != nil {
-		inherited = *prev
+func lookup(sysctls []corev1.Sysctl, name string) entry {
+	if i := indexOf(sysctls, name); i >= 0 {
+		return entry{sysctls[i].Value, true}
 	}
-	m := MergeSysctls(base, v)
-	managed := Managed{Policy: policy}
-	if inherited.Policy != "" {
-		managed.Policy = inherited.Policy
-	}
-	for _, r := range m.Replaced {
-		if setBy(inherited, r) {
-			continue // the other policy's value, not the user's
-		}
-		managed.Original = append(managed.Original, r)
-	}
-	for _, o := range inherited.Original {
-		if !containsSysctl(managed.Original, o.Name) {
-			managed.Original = append(managed.Original, o)
-		}
-	}
-	for _, s := range m.Sysctls {
-		if isKeepalive(s.Name) && (!containsSysctl(base, s.Name) || containsSysctl(m.Replaced, s.Name) || setBy(inherited, s)) {
-			managed.Set = append(managed.Set, s)
-		}
-	}
-	return m.Sysctls, managed, !equalSysctls(m.Sysctls, sysctls)
-}
-
-// setBy reports whether m records s, with its value, as set by the operator.
-func setBy(m Managed, s corev1.Sysctl) bool {
-	i := indexOf(m.Set, s.Name)
-	return i >= 0 && m.Set[i].Value == s.Value
-}
-
-func isKeepalive(name string) bool {
-	return name == SysctlTime || name == SysctlInterval || name == SysctlProbes
-}
-
-func containsSysctl(list []corev1.Sysctl, name string) bool { return indexOf(list, name) >= 0 }
-
-func equalSysctls(a, b []corev1.Sysctl) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
+	return entry{}
 }

@@ -1,103 +1,244 @@
 package keepalive
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
 )
 
-func TestPatchAndRestoreTemplate(t *testing.T) {
-	nlb := Values{175, 30, 9}
-	const ref = "KeepalivePolicy/shop/nlb"
+// templatePolicies are the policies the template tests combine: two in the
+// namespace, one cluster-wide, and one that leaves templates alone.
+func templatePolicies(t *testing.T) (nlb, alb, azure, noRollout Policy) {
+	nlb = mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy("shop", "nlb"))                           // 175/30/9
+	alb = mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).Policy("shop", "alb"))                           // 30/10/9
+	azure = mustClusterPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAzureLB).Probes(5).ClusterPolicy("azure", nil)) // 120/30/5
+	noRollout = mustPolicy(t, testobj.Spec().Custom("", 10).Rollout(v1alpha1.RolloutNone).Policy("shop", "fast"))     // 5/1/9
+	return
+}
+
+func TestDesiredTemplate(t *testing.T) {
+	nlb, alb, azure, noRollout := templatePolicies(t)
+	audit := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).Mode(v1alpha1.ModeAudit).Policy("shop", "trial"))
+	cluster := Cluster{Minor: 36, OperatorNamespace: "keepalive-system"}
+	shop := Namespace{Name: "shop"}
+	nlbSet := sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9")
+	albSet := sysctls(SysctlTime, "30", SysctlInterval, "10", SysctlProbes, "9")
+	nlbRecord := &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: nlbSet}
+
 	cases := map[string]struct {
-		template     []corev1.Sysctl
-		prev         *Managed
-		values       Values
-		wantSysctls  []corev1.Sysctl
-		wantManaged  Managed
-		wantChanged  bool
-		wantRestored []corev1.Sysctl // what RestoreTemplate gives back
+		sysctls  []corev1.Sysctl
+		rec      *Managed
+		ns       Namespace
+		cluster  Cluster
+		policies []Policy
+		want     []corev1.Sysctl
+		wantRec  *Managed
 	}{
 		"empty template": {
-			values:      nlb,
-			wantSysctls: sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9"),
-			wantManaged: Managed{Policy: ref, Set: sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9")},
-			wantChanged: true,
+			policies: []Policy{nlb},
+			want:     nlbSet,
+			wantRec:  nlbRecord,
 		},
 		"user's other sysctls and values kept in place": {
-			template:     sysctls("kernel.shm_rmid_forced", "1", SysctlTime, "7200", SysctlProbes, "3", "net.ipv4.ip_local_port_range", "1024 65535"),
-			values:       nlb,
-			wantSysctls:  sysctls("kernel.shm_rmid_forced", "1", SysctlTime, "175", SysctlProbes, "3", "net.ipv4.ip_local_port_range", "1024 65535", SysctlInterval, "30"),
-			wantManaged:  Managed{Policy: ref, Set: sysctls(SysctlTime, "175", SysctlInterval, "30"), Original: sysctls(SysctlTime, "7200")},
-			wantChanged:  true,
-			wantRestored: sysctls("kernel.shm_rmid_forced", "1", SysctlTime, "7200", SysctlProbes, "3", "net.ipv4.ip_local_port_range", "1024 65535"),
-		},
-		"already compliant by the user's own values": {
-			template:     sysctls(SysctlTime, "60", SysctlInterval, "10", SysctlProbes, "3"),
-			values:       nlb,
-			wantSysctls:  sysctls(SysctlTime, "60", SysctlInterval, "10", SysctlProbes, "3"),
-			wantManaged:  Managed{Policy: ref},
-			wantRestored: sysctls(SysctlTime, "60", SysctlInterval, "10", SysctlProbes, "3"),
-		},
-		"new, larger values replace the operator's own": {
-			template:     sysctls("kernel.shm_rmid_forced", "1", SysctlTime, "30", SysctlInterval, "10", SysctlProbes, "9"),
-			prev:         &Managed{Policy: ref, Set: sysctls(SysctlTime, "30", SysctlInterval, "10", SysctlProbes, "9")},
-			values:       nlb,
-			wantSysctls:  sysctls("kernel.shm_rmid_forced", "1", SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9"),
-			wantManaged:  Managed{Policy: ref, Set: sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9")},
-			wantChanged:  true,
-			wantRestored: sysctls("kernel.shm_rmid_forced", "1"),
-		},
-		"the user's original stays recorded across a re-patch": {
-			template:     sysctls(SysctlTime, "30", SysctlInterval, "10", SysctlProbes, "9"),
-			prev:         &Managed{Policy: ref, Set: sysctls(SysctlTime, "30", SysctlInterval, "10"), Original: sysctls(SysctlTime, "7200")},
-			values:       nlb,
-			wantSysctls:  sysctls(SysctlTime, "175", SysctlProbes, "9", SysctlInterval, "30"),
-			wantManaged:  Managed{Policy: ref, Set: sysctls(SysctlTime, "175", SysctlInterval, "30"), Original: sysctls(SysctlTime, "7200")},
-			wantChanged:  true,
-			wantRestored: sysctls(SysctlTime, "7200", SysctlProbes, "9"),
-		},
-		"another policy's smaller values stay, and it stays the owner": {
-			template: sysctls(SysctlTime, "30", SysctlInterval, "30", SysctlProbes, "9"),
-			prev: &Managed{Policy: "KeepalivePolicy/shop/alb", Set: sysctls(SysctlTime, "30", SysctlInterval, "30", SysctlProbes, "9"),
+			sysctls:  sysctls("kernel.shm_rmid_forced", "1", SysctlTime, "7200", SysctlProbes, "3", "net.ipv4.ip_local_port_range", "1024 65535"),
+			policies: []Policy{nlb},
+			want:     sysctls("kernel.shm_rmid_forced", "1", SysctlTime, "175", SysctlProbes, "3", "net.ipv4.ip_local_port_range", "1024 65535", SysctlInterval, "30"),
+			wantRec: &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: sysctls(SysctlTime, "175", SysctlInterval, "30"),
 				Original: sysctls(SysctlTime, "7200")},
-			values:       Values{175, 5, 9},
-			wantSysctls:  sysctls(SysctlTime, "30", SysctlInterval, "5", SysctlProbes, "9"),
-			wantManaged:  Managed{Policy: "KeepalivePolicy/shop/alb", Set: sysctls(SysctlTime, "30", SysctlInterval, "5", SysctlProbes, "9"), Original: sysctls(SysctlTime, "7200")},
-			wantChanged:  true,
-			wantRestored: sysctls(SysctlTime, "7200"),
+		},
+		"compliant by the user's own values: nothing to record": {
+			sysctls:  sysctls(SysctlTime, "60", SysctlInterval, "10", SysctlProbes, "3"),
+			policies: []Policy{nlb},
+			want:     sysctls(SysctlTime, "60", SysctlInterval, "10", SysctlProbes, "3"),
+		},
+		"two policies: the smaller values, whatever the order": {
+			policies: []Policy{nlb, alb},
+			want:     albSet,
+			wantRec:  &Managed{Policy: "KeepalivePolicy/shop/alb", Set: albSet},
+		},
+		"a smaller policy takes over a patched template and keeps the user's original": {
+			sysctls:  sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9"),
+			rec:      &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: sysctls(SysctlTime, "175", SysctlInterval, "30"), Original: sysctls(SysctlTime, "7200")},
+			policies: []Policy{alb, nlb},
+			want:     sysctls(SysctlTime, "30", SysctlInterval, "10", SysctlProbes, "9"),
+			wantRec: &Managed{Policy: "KeepalivePolicy/shop/alb", Set: sysctls(SysctlTime, "30", SysctlInterval, "10"),
+				Original: sysctls(SysctlTime, "7200")},
+		},
+		"the smaller policy deleted: back to the other's values": {
+			sysctls:  albSet,
+			rec:      &Managed{Policy: "KeepalivePolicy/shop/alb", Set: albSet},
+			policies: []Policy{nlb},
+			want:     nlbSet,
+			wantRec:  nlbRecord,
+		},
+		"cluster and namespaced policy: the smaller time governs": {
+			policies: []Policy{nlb, azure},
+			want:     sysctls(SysctlTime, "120", SysctlInterval, "30", SysctlProbes, "5"),
+			wantRec:  &Managed{Policy: "ClusterKeepalivePolicy/azure", Set: sysctls(SysctlTime, "120", SysctlInterval, "30", SysctlProbes, "5")},
+		},
+		"the last policy gone: the user's list exactly": {
+			sysctls: sysctls("a", "1", SysctlTime, "175", "b", "2", SysctlInterval, "30", SysctlProbes, "9"),
+			rec:     &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: nlbSet, Original: sysctls(SysctlTime, "7200")},
+			want:    sysctls("a", "1", SysctlTime, "7200", "b", "2"),
+		},
+		"an entry the user appended after the patch stays where it is": {
+			sysctls:  sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9", "kernel.shm_rmid_forced", "1"),
+			rec:      nlbRecord,
+			policies: []Policy{nlb},
+			want:     sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9", "kernel.shm_rmid_forced", "1"),
+			wantRec:  nlbRecord,
+		},
+		"a list the user reordered stays in their order": {
+			sysctls:  sysctls(SysctlProbes, "9", "kernel.shm_rmid_forced", "1", SysctlInterval, "30", SysctlTime, "175"),
+			rec:      nlbRecord,
+			policies: []Policy{nlb},
+			want:     sysctls(SysctlProbes, "9", "kernel.shm_rmid_forced", "1", SysctlInterval, "30", SysctlTime, "175"),
+			wantRec:  nlbRecord,
 		},
 		"a value the user changed after the patch is the user's": {
-			template:     sysctls(SysctlTime, "100", SysctlInterval, "30", SysctlProbes, "9"),
-			prev:         &Managed{Policy: ref, Set: sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9")},
-			values:       nlb,
-			wantSysctls:  sysctls(SysctlTime, "100", SysctlInterval, "30", SysctlProbes, "9"),
-			wantManaged:  Managed{Policy: ref, Set: sysctls(SysctlInterval, "30", SysctlProbes, "9")},
-			wantRestored: sysctls(SysctlTime, "100"),
+			sysctls:  sysctls(SysctlTime, "100", SysctlInterval, "30", SysctlProbes, "9"),
+			rec:      &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: nlbSet, Original: sysctls(SysctlTime, "7200")},
+			policies: []Policy{nlb},
+			want:     sysctls(SysctlTime, "100", SysctlInterval, "30", SysctlProbes, "9"),
+			wantRec:  &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: sysctls(SysctlInterval, "30", SysctlProbes, "9")},
+		},
+		"an entry the user removed after the patch is added again, with no original": {
+			sysctls:  sysctls(SysctlInterval, "30", SysctlProbes, "9"),
+			rec:      &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: nlbSet, Original: sysctls(SysctlTime, "7200")},
+			policies: []Policy{nlb},
+			want:     sysctls(SysctlInterval, "30", SysctlProbes, "9", SysctlTime, "175"),
+			wantRec:  nlbRecord,
+		},
+		"rollout: None leaves templates to the other policies": {
+			policies: []Policy{noRollout, nlb},
+			want:     nlbSet,
+			wantRec:  nlbRecord,
+		},
+		"only rollout: None: nothing": {
+			policies: []Policy{noRollout},
+		},
+		"Audit restores": {
+			sysctls:  nlbSet,
+			rec:      nlbRecord,
+			policies: []Policy{audit},
+		},
+		"opted out: restored": {
+			sysctls:  nlbSet,
+			rec:      nlbRecord,
+			ns:       Namespace{Name: "shop", Labels: map[string]string{LabelInject: InjectDisabled}},
+			policies: []Policy{nlb},
+		},
+		"excluded by flag: nothing": {
+			cluster:  Cluster{Minor: 36, ExcludedNamespaces: []string{"shop"}},
+			policies: []Policy{nlb},
+		},
+		"outside the namespace selector: nothing": {
+			cluster:  Cluster{Minor: 36, NamespaceSelector: labels.SelectorFromSet(labels.Set{"team": "web"})},
+			policies: []Policy{nlb},
+		},
+		"Pod Security v1.28: restored": {
+			sysctls:  nlbSet,
+			rec:      nlbRecord,
+			ns:       Namespace{Name: "shop", Labels: map[string]string{labelPSAEnforce: "baseline", labelPSAEnforceVersion: "v1.28"}},
+			policies: []Policy{nlb},
 		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			got, managed, changed := PatchTemplate(tc.template, tc.prev, ref, tc.values)
-			if diff := cmp.Diff(tc.wantSysctls, got); diff != "" {
+			if tc.ns.Name == "" {
+				tc.ns = shop
+			}
+			if tc.cluster.Minor == 0 {
+				tc.cluster = cluster
+			}
+			view := PodView{Sysctls: tc.sysctls}
+			got := DesiredTemplate(view, tc.rec, tc.ns, tc.cluster, tc.policies)
+			if diff := cmp.Diff(tc.want, got.Sysctls); diff != "" {
 				t.Errorf("sysctls (-want +got):\n%s", diff)
 			}
-			if diff := cmp.Diff(tc.wantManaged, managed); diff != "" {
-				t.Errorf("managed (-want +got):\n%s", diff)
+			if diff := cmp.Diff(tc.wantRec, got.Record); diff != "" {
+				t.Errorf("record (-want +got):\n%s", diff)
 			}
-			if changed != tc.wantChanged {
-				t.Errorf("changed = %v, want %v", changed, tc.wantChanged)
+			if got.SysctlsChanged != !cmp.Equal(tc.sysctls, tc.want, cmpNilEmpty) {
+				t.Errorf("SysctlsChanged = %v", got.SysctlsChanged)
 			}
-			if diff := cmp.Diff(tc.wantRestored, RestoreTemplate(got, managed)); diff != "" {
-				t.Errorf("restored (-want +got):\n%s", diff)
+			if got.RecordChanged != !cmp.Equal(tc.rec, tc.wantRec) {
+				t.Errorf("RecordChanged = %v", got.RecordChanged)
 			}
-			// Patching the result again changes nothing.
-			if _, _, again := PatchTemplate(got, &managed, ref, tc.values); again {
-				t.Error("a second patch changed the template")
+			// Deciding again on the result changes nothing.
+			again := DesiredTemplate(PodView{Sysctls: got.Sysctls}, got.Record, tc.ns, tc.cluster, slicesReversed(tc.policies))
+			if again.Changed() {
+				t.Errorf("a second decision changed the template: %v %v", again.Sysctls, again.Record)
 			}
 		})
 	}
+}
+
+var cmpNilEmpty = cmp.Comparer(func(a, b []corev1.Sysctl) bool {
+	return len(a) == 0 && len(b) == 0 || cmp.Equal([]corev1.Sysctl(a), []corev1.Sysctl(b))
+})
+
+func slicesReversed(p []Policy) []Policy {
+	out := make([]Policy, len(p))
+	for i := range p {
+		out[len(p)-1-i] = p[i]
+	}
+	return out
+}
+
+// TestDesiredTemplateOrderIndependent applies random sequences of policy
+// sets, each decision feeding the next as the reconciler would, and checks
+// that the template always equals a decision from the user's own list with
+// the last set, and that the empty set gives back the user's list exactly.
+func TestDesiredTemplateOrderIndependent(t *testing.T) {
+	nlb, alb, azure, noRollout := templatePolicies(t)
+	all := []Policy{nlb, alb, azure, noRollout}
+	c := Cluster{Minor: 36}
+	ns := Namespace{Name: "shop"}
+	users := [][]corev1.Sysctl{
+		nil,
+		sysctls("kernel.shm_rmid_forced", "1"),
+		sysctls(SysctlTime, "7200", "a", "1", SysctlProbes, "3"),
+		sysctls(SysctlProbes, "20", SysctlInterval, "5", SysctlTime, "90"),
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, user := range users {
+		cur, rec := user, (*Managed)(nil)
+		for step := 0; step < 200; step++ {
+			var set []Policy
+			for _, p := range all {
+				if rng.IntN(2) == 0 {
+					set = append(set, p)
+				}
+			}
+			rng.Shuffle(len(set), func(i, j int) { set[i], set[j] = set[j], set[i] })
+			got := DesiredTemplate(PodView{Sysctls: cur}, rec, ns, c, set)
+			direct := DesiredTemplate(PodView{Sysctls: user}, nil, ns, c, slicesReversed(set))
+			if !cmp.Equal(got.Sysctls, direct.Sysctls, cmpNilEmpty) || !cmp.Equal(got.Record, direct.Record) {
+				t.Fatalf("user %v, step %d, policies %v: got %v %v, from scratch %v %v",
+					user, step, refs(set), got.Sysctls, got.Record, direct.Sysctls, direct.Record)
+			}
+			cur, rec = got.Sysctls, got.Record
+		}
+		back := DesiredTemplate(PodView{Sysctls: cur}, rec, ns, c)
+		if !cmp.Equal(back.Sysctls, user, cmpNilEmpty) || back.Record != nil {
+			t.Errorf("restore of %v gave %v with record %v", user, back.Sysctls, back.Record)
+		}
+	}
+}
+
+func refs(ps []Policy) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.Ref.String()
+	}
+	return out
 }
 
 func TestManagedAnnotation(t *testing.T) {
@@ -112,7 +253,9 @@ func TestManagedAnnotation(t *testing.T) {
 	if _, ok, _ := ParseManaged(nil); ok {
 		t.Error("absent annotation parsed as present")
 	}
-	if _, _, err := ParseManaged(map[string]string{AnnotationManagedSysctls: "{"}); err == nil {
-		t.Error("a broken annotation parsed without error")
+	for _, bad := range []string{"{", `{"policy":"x","set":[{"name":"a","value":"1"}]}`, `{"policy":"ClusterKeepalivePolicy/all","set":[]}`} {
+		if _, ok, err := ParseManaged(map[string]string{AnnotationManagedSysctls: bad}); err == nil || !ok {
+			t.Errorf("ParseManaged(%s): ok=%v err=%v, want an error", bad, ok, err)
+		}
 	}
 }

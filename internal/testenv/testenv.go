@@ -4,7 +4,9 @@ package testenv
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +34,14 @@ type Env struct {
 	Client client.Client
 	// Kubeconfig is the path of an administrator's kubeconfig.
 	Kubeconfig string
+	// AuditLog is the API server's audit log of OperatorUser's requests,
+	// when Start was asked for Audit.
+	AuditLog string
 }
+
+// OperatorUser is the user the operator's code runs as in the suites, so
+// that the API server's audit log tells its requests from the specs'.
+const OperatorUser = "keepalive-operator"
 
 // Root is the repository's top folder.
 func Root() string {
@@ -48,7 +57,19 @@ const (
 	// pointing at a local port (Environment.WebhookInstallOptions says
 	// where).
 	Webhooks
+	// Audit has the API server log every request of OperatorUser.
+	Audit
 )
+
+// auditPolicy logs the operator's requests, once each, with no bodies.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: [` + OperatorUser + `]
+- level: None
+`
 
 // Start starts a control plane with what install says installed. tmp holds
 // the kubeconfig.
@@ -63,6 +84,18 @@ func Start(install int, warnings rest.WarningHandler, tmp string) (*Env, error) 
 	}
 	if install&Webhooks != 0 {
 		e.WebhookInstallOptions.Paths = []string{filepath.Join(Root(), "config", "webhook")}
+	}
+	if install&Audit != 0 {
+		policy := filepath.Join(tmp, "audit-policy.yaml")
+		if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+			return nil, err
+		}
+		e.AuditLog = filepath.Join(tmp, "audit.log")
+		e.ControlPlane.GetAPIServer().Configure().
+			Set("audit-policy-file", policy).
+			Set("audit-log-path", e.AuditLog).
+			Set("audit-log-format", "json").
+			Set("audit-log-mode", "blocking")
 	}
 	cfg, err := e.Start()
 	if err != nil {
@@ -87,6 +120,69 @@ func Start(install int, warnings rest.WarningHandler, tmp string) (*Env, error) 
 	}
 	e.Kubeconfig = filepath.Join(tmp, "kubeconfig")
 	return e, os.WriteFile(e.Kubeconfig, raw, 0o600)
+}
+
+// OperatorConfig is a client configuration for OperatorUser, an
+// administrator.
+func (e *Env) OperatorConfig() (*rest.Config, error) {
+	u, err := e.AddUser(envtest.User{Name: OperatorUser, Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return u.Config(), nil
+}
+
+// Request is one request of OperatorUser, as the audit log has it.
+type Request struct {
+	Verb string `json:"verb"`
+	// ObjectRef is what it asked for; empty for a non-resource URL.
+	ObjectRef struct {
+		Resource    string `json:"resource"`
+		Subresource string `json:"subresource"`
+		Namespace   string `json:"namespace"`
+		Name        string `json:"name"`
+	} `json:"objectRef"`
+	Stage string `json:"stage"`
+	User  struct {
+		Username string `json:"username"`
+	} `json:"user"`
+}
+
+// What says what a request did: "patch deployments ns/name",
+// "update keepalivepolicies/status ns/name", "list pods".
+func (r Request) What() string {
+	res := r.ObjectRef.Resource
+	if r.ObjectRef.Subresource != "" {
+		res += "/" + r.ObjectRef.Subresource
+	}
+	out := r.Verb + " " + res
+	if r.ObjectRef.Name != "" {
+		out += " " + strings.TrimPrefix(r.ObjectRef.Namespace+"/"+r.ObjectRef.Name, "/")
+	}
+	return out
+}
+
+// OperatorRequests reads the completed requests of OperatorUser from the
+// audit log, oldest first.
+func (e *Env) OperatorRequests() ([]Request, error) {
+	raw, err := os.ReadFile(e.AuditLog)
+	if err != nil {
+		return nil, err
+	}
+	var out []Request
+	for _, line := range bytes.Split(raw, []byte("\n")) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var r Request
+		if err := json.Unmarshal(line, &r); err != nil {
+			return nil, fmt.Errorf("audit log: %w", err)
+		}
+		if r.Stage == "ResponseComplete" && r.User.Username == OperatorUser {
+			out = append(out, r)
+		}
+	}
+	return out, nil
 }
 
 // ManagerOptions are the options of a manager for the operator's code on

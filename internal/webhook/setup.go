@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/discovery"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -24,6 +25,11 @@ type Options struct {
 	UnsafeSysctlsAllowed bool
 	// OperatorNamespace is never injected.
 	OperatorNamespace string
+	// ExcludedNamespaces, NamespaceSelector and PodSelector leave
+	// namespaces and pods alone (keepalive.Cluster), for the reconcilers too.
+	ExcludedNamespaces []string
+	NamespaceSelector  labels.Selector
+	PodSelector        labels.Selector
 	// VersionRefresh is how often the cluster's version is read again, so
 	// that an upgrade past 1.29 is noticed. Zero means 10 minutes.
 	VersionRefresh time.Duration
@@ -62,6 +68,9 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) (*Handler, er
 				Minor:                int(clusterMinor.Load()),
 				UnsafeSysctlsAllowed: opts.UnsafeSysctlsAllowed,
 				OperatorNamespace:    opts.OperatorNamespace,
+				ExcludedNamespaces:   opts.ExcludedNamespaces,
+				NamespaceSelector:    opts.NamespaceSelector,
+				PodSelector:          opts.PodSelector,
 			}
 		},
 		Namespaces: mgr.GetAPIReader(),

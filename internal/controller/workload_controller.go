@@ -1,0 +1,358 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
+)
+
+// Reasons of the events on workloads and policies.
+const (
+	ReasonTemplatePatched = "TemplatePatched"
+	ReasonWriteFailed     = "TemplateWriteFailed"
+	ReasonRecordBroken    = "RecordUnreadable"
+	ReasonRecordRemoved   = "RecordRemoved"
+	ReasonRolloutStuck    = "RolloutStuck"
+)
+
+// workloadReconciler brings one workload's pod template to its desired
+// state: the decision the webhook makes for a pod of the template, over all
+// the policies in scope. Each pass reads the cache only, and writes only
+// when the desired state differs from the template.
+type workloadReconciler struct {
+	client  client.Client // reads from the cache
+	live    client.Reader // reads from the API server, after a conflict
+	events  events.EventRecorder
+	cluster func() keepalive.Cluster
+
+	policies *policySet
+	slots    *slots
+	failures *failures
+	// wake enqueues workloads; notify enqueues a policy's status pass.
+	wake   func(...workloadKey)
+	notify func(ref string)
+}
+
+func (r *workloadReconciler) Reconcile(ctx context.Context, key workloadKey) (result ctrl.Result, retErr error) {
+	defer func() { reconciles.WithLabelValues("Workload", resultLabel(result, retErr)).Inc() }()
+	r.slots.rebuild(time.Now(), func() map[workloadKey]slot { return r.rolloutsUnderWay(ctx) })
+	obj := newWorkload(key.Kind)
+	if err := r.client.Get(ctx, key.objectKey(), obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forget(key)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("get %s: %w", key, err)
+	}
+	if !ours(obj) {
+		return ctrl.Result{}, nil
+	}
+	retryIn := r.observeSlot(ctx, key, obj)
+
+	res, err := r.converge(ctx, key, obj)
+	if apierrors.IsConflict(err) {
+		// The cache lags the API server: decide again on what is there.
+		fresh := newWorkload(key.Kind)
+		if err = r.live.Get(ctx, key.objectKey(), fresh); err == nil {
+			res, err = r.converge(ctx, key, fresh)
+		}
+	}
+	if apierrors.IsNotFound(err) {
+		r.forget(key)
+		return ctrl.Result{}, nil
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if retryIn > 0 && (res.RequeueAfter == 0 || retryIn < res.RequeueAfter) {
+		res.RequeueAfter = retryIn
+	}
+	return res, nil
+}
+
+// forget drops what is known of a workload that is gone.
+func (r *workloadReconciler) forget(key workloadKey) {
+	policy, wake := r.slots.release(key)
+	r.wake(wake...)
+	if p, had := r.failures.clear(key); had {
+		r.notify(p)
+	}
+	r.notify(policy)
+}
+
+// observeSlot frees the workload's slot when its rollout is over, and says
+// when to look again at one still rolling under a deadline.
+func (r *workloadReconciler) observeSlot(ctx context.Context, key workloadKey, obj client.Object) time.Duration {
+	policy := ""
+	if rec, ok, err := keepalive.ParseManaged(obj.GetAnnotations()); ok && err == nil {
+		policy = rec.Policy
+	}
+	p, retryIn := r.slots.observe(key, obj, time.Now())
+	switch p {
+	case stuck:
+		note := fmt.Sprintf("%s made no progress for %s; its rollout slot is freed", key, r.slots.deadline)
+		logf.FromContext(ctx).Info("rollout stuck", "workload", key.String(), "deadline", r.slots.deadline.String())
+		r.events.Eventf(obj, nil, corev1.EventTypeWarning, ReasonRolloutStuck, "Rollout", "%s", note)
+		if pol := policyObjectOf(ctx, r.client, policy); pol != nil {
+			r.events.Eventf(pol, obj, corev1.EventTypeWarning, ReasonRolloutStuck, "Rollout", "%s", note)
+		}
+		fallthrough
+	case finished:
+		r.wake(r.slots.wake()...)
+		r.notify(policy)
+	}
+	return retryIn
+}
+
+// converge decides on obj and writes the change, within the rollout limit.
+func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj client.Object) (ctrl.Result, error) {
+	var ns corev1.Namespace
+	if err := r.client.Get(ctx, client.ObjectKey{Name: key.Namespace}, &ns); err != nil {
+		// Not in the cache yet, or going away with its workloads: retried.
+		return ctrl.Result{}, fmt.Errorf("get namespace %s: %w", key.Namespace, err)
+	}
+	namespaced, cluster, err := r.policies.inScope(ctx, key.Namespace)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	tmpl := podTemplate(obj)
+	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
+	rec, hasRecord, recErr := keepalive.ParseManaged(obj.GetAnnotations())
+	if recErr != nil {
+		// Without the record the user's originals are unknown: touching the
+		// template could lose them for good.
+		d := keepalive.DesiredTemplate(templateView(tmpl), nil, nsView, r.cluster(), namespaced, cluster)
+		r.fail(ctx, key, obj, governing(d, nil), ReasonRecordBroken,
+			fmt.Sprintf("%v; the template is left as it is until the annotation is fixed or removed", recErr))
+		return ctrl.Result{}, nil
+	}
+	var prev *keepalive.Managed
+	if hasRecord {
+		prev = &rec
+	}
+	d := keepalive.DesiredTemplate(templateView(tmpl), prev, nsView, r.cluster(), namespaced, cluster)
+	policy := governing(d, prev)
+	if !d.Changed() {
+		r.settled(key)
+		return ctrl.Result{}, nil
+	}
+	if prev == nil {
+		// A template the operator never patched is patched only when its
+		// pods need the values: pods the webhook already gave them are not
+		// rolled for nothing.
+		stale, err := r.hasStalePods(ctx, key, nsView, d.Policy)
+		if err != nil || !stale {
+			return ctrl.Result{}, err
+		}
+	}
+
+	needsSlot := d.SysctlsChanged && rollsPods(obj)
+	if needsSlot {
+		ok, joined := r.slots.acquire(key, policy, time.Now())
+		if !ok {
+			if joined {
+				r.notify(policy)
+			}
+			return ctrl.Result{}, nil
+		}
+	} else if p, was := r.slots.leaveQueue(key); was {
+		r.notify(p)
+	}
+
+	written := newWorkload(key.Kind)
+	written.SetNamespace(key.Namespace)
+	written.SetName(key.Name)
+	if err := r.client.Patch(ctx, written, templatePatch(key.Kind, obj.GetResourceVersion(), d)); err != nil {
+		if needsSlot {
+			_, wake := r.slots.release(key)
+			r.wake(wake...)
+		}
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			return ctrl.Result{}, err
+		}
+		r.fail(ctx, key, obj, policy, ReasonWriteFailed, err.Error())
+		return ctrl.Result{}, fmt.Errorf("patch %s: %w", key, err)
+	}
+	if needsSlot {
+		r.slots.started(key, written.GetGeneration(), updatedReplicas(obj))
+	}
+	if p, had := r.failures.clear(key); had {
+		r.notify(p)
+	}
+	r.notify(policy)
+	if prev != nil && prev.Policy != policy {
+		r.notify(prev.Policy)
+	}
+	if d.SysctlsChanged {
+		note := fmt.Sprintf("pod template sysctls of %s set to %s", key, keepalive.Describe(d.Sysctls))
+		by := "no policy: the user's own values are back"
+		if d.Record != nil {
+			by = "for " + d.Record.Policy
+		}
+		r.events.Eventf(written, nil, corev1.EventTypeNormal, ReasonTemplatePatched, "Rollout", "%s, %s", note, by)
+		if pol := policyObjectOf(ctx, r.client, policy); pol != nil {
+			r.events.Eventf(pol, written, corev1.EventTypeNormal, ReasonTemplatePatched, "Rollout", "%s", note)
+		}
+		logf.FromContext(ctx).Info("pod template patched", "workload", key.String(), "sysctls", keepalive.Describe(d.Sysctls), "policy", policy)
+	}
+	return ctrl.Result{}, nil
+}
+
+// governing names the policy a change is for: the one whose values the
+// template gets, or the one whose values it loses.
+func governing(d keepalive.Template, prev *keepalive.Managed) string {
+	switch {
+	case d.Record != nil:
+		return d.Record.Policy
+	case prev != nil:
+		return prev.Policy
+	case d.Policy != nil:
+		return d.Policy.Ref.String()
+	}
+	return ""
+}
+
+// settled is a workload at its desired state: it needs no slot, and what
+// failed before is over.
+func (r *workloadReconciler) settled(key workloadKey) {
+	if p, was := r.slots.leaveQueue(key); was {
+		r.notify(p)
+	}
+	if p, had := r.failures.clear(key); had {
+		r.notify(p)
+	}
+}
+
+// fail records a workload the operator cannot bring to its desired state,
+// with one Warning event on it and its policy per new error.
+func (r *workloadReconciler) fail(ctx context.Context, key workloadKey, obj client.Object, policy, reason, message string) {
+	logf.FromContext(ctx).Info("workload not converged", "workload", key.String(), "policy", policy, "reason", reason, "error", message)
+	if !r.failures.set(key, policy, message) {
+		return
+	}
+	note := fmt.Sprintf("%s: %s", key, message)
+	r.events.Eventf(obj, nil, corev1.EventTypeWarning, reason, "Rollout", "%s", note)
+	if pol := policyObjectOf(ctx, r.client, policy); pol != nil {
+		r.events.Eventf(pol, obj, corev1.EventTypeWarning, reason, "Rollout", "%s", note)
+	}
+	r.notify(policy)
+}
+
+// hasStalePods reports whether a running pod of the workload lacks the
+// policy's values.
+func (r *workloadReconciler) hasStalePods(ctx context.Context, key workloadKey, ns keepalive.Namespace, pol *keepalive.Policy) (bool, error) {
+	if pol == nil {
+		return false, nil
+	}
+	owners := []string{key.Kind + "/" + key.Name}
+	switch key.Kind {
+	case kindDeployment, kindCronJob:
+		list := newWorkloadList(kindReplicaSet)
+		if key.Kind == kindCronJob {
+			list = newJobList()
+		}
+		if err := r.client.List(ctx, list, client.InNamespace(key.Namespace), client.MatchingFields{indexOwner: owners[0]}, client.UnsafeDisableDeepCopy); err != nil {
+			return false, fmt.Errorf("list what %s owns: %w", key, err)
+		}
+		owners = owners[:0]
+		_ = eachObject(list, func(o client.Object) { owners = append(owners, kindOfOwned(o)+"/"+o.GetName()) })
+	}
+	cluster := r.cluster()
+	for _, owner := range owners {
+		var pods corev1.PodList
+		if err := r.client.List(ctx, &pods, client.InNamespace(key.Namespace), client.MatchingFields{indexOwner: owner}, client.UnsafeDisableDeepCopy); err != nil {
+			return false, fmt.Errorf("list pods of %s: %w", owner, err)
+		}
+		for i := range pods.Items {
+			pod := &pods.Items[i]
+			if !running(pod) {
+				continue
+			}
+			node, err := r.nodeInfo(ctx, pod.Spec.NodeName)
+			if err != nil {
+				return false, err
+			}
+			if state, _ := keepalive.Classify(podView(pod), ns, cluster, pol, node); state == keepalive.PodStale {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+func (r *workloadReconciler) nodeInfo(ctx context.Context, name string) (*keepalive.NodeInfo, error) {
+	return nodeInfo(ctx, r.client, nil, name)
+}
+
+// rolloutsUnderWay lists the workloads with a record of the operator that
+// are replacing pods, for a new leader's slots.
+func (r *workloadReconciler) rolloutsUnderWay(ctx context.Context) map[workloadKey]slot {
+	out := map[workloadKey]slot{}
+	for _, kind := range []string{kindDeployment, kindStatefulSet, kindDaemonSet} {
+		list := newWorkloadList(kind)
+		if err := r.client.List(ctx, list, client.UnsafeDisableDeepCopy); err != nil {
+			logf.FromContext(ctx).Error(err, "list workloads to rebuild the rollout slots", "kind", kind)
+			continue
+		}
+		_ = eachObject(list, func(o client.Object) {
+			rec, ok, err := keepalive.ParseManaged(o.GetAnnotations())
+			if ok && err == nil && rollsPods(o) && rolling(o) {
+				out[keyOf(kind, o)] = slot{policy: rec.Policy, generation: o.GetGeneration(), updated: updatedReplicas(o)}
+			}
+		})
+	}
+	return out
+}
+
+// failures remembers the workloads whose last write failed, so that the
+// policy's status counts them and each error is told once.
+type failures struct {
+	mu sync.Mutex
+	m  map[workloadKey]failure
+}
+
+type failure struct{ policy, message string }
+
+func newFailures() *failures { return &failures{m: map[workloadKey]failure{}} }
+
+// set records a failure and reports whether it is new.
+func (f *failures) set(k workloadKey, policy, message string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old, ok := f.m[k]
+	f.m[k] = failure{policy, message}
+	return !ok || old.message != message || old.policy != policy
+}
+
+func (f *failures) clear(k workloadKey) (policy string, had bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old, had := f.m[k]
+	delete(f.m, k)
+	return old.policy, had
+}
+
+// count returns how many workloads of a policy failed, and one of them.
+func (f *failures) count(policy string) (n int32, example string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, v := range f.m {
+		if v.policy == policy {
+			n++
+			if example == "" || k.String() < example {
+				example = k.String()
+			}
+		}
+	}
+	return n, example
+}
