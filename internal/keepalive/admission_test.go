@@ -64,7 +64,7 @@ func TestDecide(t *testing.T) {
 		},
 		"a pod inside both selectors": {
 			pod: PodView{Labels: map[string]string{"tier": "web"}}, ns: Namespace{Name: "shop", Labels: map[string]string{"team": "web"}},
-			cluster: Cluster{Minor: 36, NamespaceSelector: mustSelector(t, "team in (web)"), PodSelector: mustSelector(t, "tier notin (batch)")},
+			cluster:  Cluster{Minor: 36, NamespaceSelector: mustSelector(t, "team in (web)"), PodSelector: mustSelector(t, "tier notin (batch)")},
 			policies: []Policy{nlb},
 			want:     injected,
 		},
