@@ -22,7 +22,7 @@ all: build
 
 .PHONY: help
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  %-12s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z0-9_-]+:.*?##/ { printf "  %-12s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 ##@ Development
 
@@ -59,8 +59,13 @@ envtest: ## Print the folder of the envtest binaries, building them the first ti
 # How long `make test` fuzzes the admission handler beyond its seed corpus.
 FUZZTIME ?= 30s
 
+# The commands of the network lab (test/netlab), whose middlebox the e2e suite
+# uses too; hack/need-packages.sh installs their Debian packages as root.
+LAB_COMMANDS = ip ss sysctl nft conntrack
+
 .PHONY: test
-test: manifests generate fmt vet $(HELM) ## Run all tests (envtest suites against a real kube-apiserver and etcd), then fuzz admission.
+test: manifests generate fmt vet $(HELM) ## Run all tests (envtest suites against a real kube-apiserver and etcd), then fuzz admission; as root the network lab too.
+	@hack/need-packages.sh --if-root "make test" $(LAB_COMMANDS)
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" HELM="$(HELM)" go test ./... -coverprofile cover.out
 	go test ./internal/webhook/ -run '^$$' -fuzz '^FuzzAdmission$$' -fuzztime $(FUZZTIME)
 
@@ -69,7 +74,7 @@ export LOCAL_CLUSTER_DIR ?= /tmp/keepalive-local-cluster
 E2E_TIMEOUT ?= 30m
 
 .PHONY: test-e2e
-test-e2e: image-archives $(HELM) ## End to end on a local single-node cluster with a real kubelet (root; E2E_KEEP=1 leaves the cluster up).
+test-e2e: e2e-needs image-archives $(HELM) ## End to end on a local single-node cluster with a real kubelet (root; E2E_KEEP=1 leaves the cluster up).
 	go test -c -tags e2e -o $(LOCALBIN)/e2e.test ./test/e2e
 	hack/local-cluster.sh up
 	status=0; hack/local-cluster.sh run env KUBECONFIG=$(LOCAL_CLUSTER_DIR)/kubeconfig HELM=$(HELM) \
@@ -78,9 +83,16 @@ test-e2e: image-archives $(HELM) ## End to end on a local single-node cluster wi
 	[ -n "$(E2E_KEEP)" ] || hack/local-cluster.sh down; \
 	exit $$status
 
+# Before anything is built: root, and the lab's packages for the suite's
+# middlebox (hack/local-cluster.sh installs the cluster's own).
+.PHONY: e2e-needs
+e2e-needs:
+	@hack/need-packages.sh --root "make test-e2e" $(LAB_COMMANDS)
+
 .PHONY: prove
 prove: ## Prove on real Linux TCP (network namespaces, as root) that the values keep idle flows alive and the defaults do not.
-	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" go test ./test/netlab/ -count=1 -v 2>&1 | \
+	@hack/need-packages.sh --root "make prove" $(LAB_COMMANDS)
+	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" KEEPALIVE_LAB_REQUIRED=1 go test ./test/netlab/ -count=1 -v 2>&1 | \
 		grep -vE '^=== (RUN|PAUSE|CONT|NAME)'
 
 .PHONY: bench
