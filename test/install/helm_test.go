@@ -20,6 +20,7 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -111,10 +112,58 @@ var _ = It("renders with cert-manager issuing the certificate", func() {
 	Expect(deploy.Spec.Template.Spec.Containers[0].Args).NotTo(ContainElement("--cert-rotation"))
 })
 
+var _ = It("gives the operator the webhook's exclusions as flags, selecting what the webhook's selectors select", func() {
+	values := filepath.Join(GinkgoT().TempDir(), "values.yaml")
+	Expect(os.WriteFile(values, []byte(`webhook:
+  excludedNamespaces: [batch, legacy]
+  namespaceSelectorExpressions:
+  - {key: team, operator: In, values: [web, shop]}
+  - {key: sandbox, operator: DoesNotExist}
+  objectSelectorExpressions:
+  - {key: tier, operator: NotIn, values: [batch]}
+  - {key: app, operator: Exists}
+`), 0o600)).To(Succeed())
+	objs := render("-f", values)
+	deploy := &appsv1.Deployment{}
+	Expect(runtimeConvert(objs["Deployment/t-keepalive-operator"], deploy)).To(Succeed())
+	flags := map[string]string{}
+	for _, a := range deploy.Spec.Template.Spec.Containers[0].Args {
+		if k, v, ok := strings.Cut(a, "="); ok {
+			flags[k] = v
+		}
+	}
+	Expect(flags).To(HaveKeyWithValue("--excluded-namespaces", "batch,legacy"))
+	wh := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	Expect(runtimeConvert(objs["MutatingWebhookConfiguration/t-keepalive-operator"], wh)).To(Succeed())
+	Expect(wh.Webhooks[0].NamespaceSelector.MatchExpressions[0].Values).To(ContainElements("batch", "legacy"))
+	// The flags select exactly what the webhook's extra expressions select.
+	for flag, sel := range map[string]*metav1.LabelSelector{
+		"--namespace-selector": {MatchExpressions: wh.Webhooks[0].NamespaceSelector.MatchExpressions[2:]},
+		"--object-selector":    {MatchExpressions: wh.Webhooks[0].ObjectSelector.MatchExpressions[1:]},
+	} {
+		fromFlag, err := labels.Parse(flags[flag])
+		Expect(err).NotTo(HaveOccurred(), flag)
+		fromWebhook, err := metav1.LabelSelectorAsSelector(sel)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(fromFlag.String()).To(Equal(fromWebhook.String()), flag)
+	}
+	Expect(flags["--namespace-selector"]).To(Equal("team in (web,shop),!sandbox"))
+
+	By("leaving the flags out when the values are empty")
+	deploy = &appsv1.Deployment{}
+	Expect(runtimeConvert(render()["Deployment/t-keepalive-operator"], deploy)).To(Succeed())
+	for _, a := range deploy.Spec.Template.Spec.Containers[0].Args {
+		Expect(a).NotTo(Or(HavePrefix("--excluded-namespaces"), HavePrefix("--namespace-selector"), HavePrefix("--object-selector")))
+	}
+})
+
 var _ = It("refuses values outside the schema", func() {
 	_, stderr, err := helm("template", "t", chart, "--set", "webhook.failurePolicy=Deny")
 	Expect(err).To(HaveOccurred())
 	Expect(stderr).To(ContainSubstring("failurePolicy"))
+	_, stderr, err = helm("template", "t", chart, "--set", "webhook.objectSelectorExpressions[0].key=tier", "--set", "webhook.objectSelectorExpressions[0].operator=Gt")
+	Expect(err).To(HaveOccurred())
+	Expect(stderr).To(ContainSubstring("operator"))
 })
 
 var _ = Describe("helm install into a real API server", Ordered, func() {
