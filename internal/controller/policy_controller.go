@@ -60,6 +60,8 @@ type policyReconciler[T policyObject] struct {
 	policies *policySet
 	slots    *slots
 	failures *failures
+	tally    *tally
+	indexes  *indexes
 
 	kind       string
 	namespaced bool
@@ -97,6 +99,9 @@ func (r *policyReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (
 		}
 		return ctrl.Result{}, fmt.Errorf("get %s: %w", r.kind, err)
 	}
+	if err := r.indexes.ensure(ctx); err != nil {
+		return ctrl.Result{}, err
+	}
 	if !obj.GetDeletionTimestamp().IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, obj)
 	}
@@ -110,7 +115,7 @@ func (r *policyReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (
 
 	before := obj.DeepCopyObject().(T)
 	defer func() {
-		if retErr == nil {
+		if retErr == nil && result.RequeueAfter == 0 {
 			obj.PolicyStatus().ObservedGeneration = obj.GetGeneration()
 		}
 		if equality.Semantic.DeepEqual(before.PolicyStatus(), obj.PolicyStatus()) {
@@ -120,7 +125,7 @@ func (r *policyReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (
 			retErr = errors.Join(retErr, fmt.Errorf("write status: %w", err))
 		}
 	}()
-	return ctrl.Result{}, r.reconcileNormal(ctx, obj)
+	return r.reconcileNormal(ctx, obj)
 }
 
 func resultLabel(res ctrl.Result, err error) string {
@@ -139,7 +144,7 @@ func setCondition(obj policyObject, c metav1.Condition) {
 	meta.SetStatusCondition(&obj.PolicyStatus().Conditions, c)
 }
 
-func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) error {
+func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) (ctrl.Result, error) {
 	spec, status := obj.PolicySpec(), obj.PolicyStatus()
 	pol, err := r.policies.compile(obj)
 	if err != nil {
@@ -149,7 +154,7 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) error 
 			r.events.Eventf(obj, nil, corev1.EventTypeWarning, ReasonInvalidSpec, "Compute", "%s", err.Error())
 		}
 		setCondition(obj, c)
-		return nil // nothing to retry until the spec changes
+		return ctrl.Result{}, nil // nothing to retry until the spec changes
 	}
 
 	v := pol.Result.Values
@@ -163,13 +168,14 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) error 
 	status.GoverningTimeout = &v1alpha1.GoverningTimeout{Name: pol.Result.Governing.Name, Seconds: pol.Result.Governing.Seconds}
 	setCondition(obj, l7Condition(pol.Result))
 
-	s, err := survey(ctx, r.client, r.cluster(), &pol, r.namespaced)
-	if err != nil {
-		return err
+	s, ok := r.tally.get(pol.Ref)
+	if !ok {
+		// The counts are not complete yet: never a short count.
+		return ctrl.Result{RequeueAfter: time.Second}, nil
 	}
 	w, err := r.workloads(ctx, pol.Ref)
 	if err != nil {
-		return err
+		return ctrl.Result{}, err
 	}
 	status.Pods = &s.counts
 	status.Workloads = &w.counts
@@ -187,7 +193,7 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) error 
 		r.events.Eventf(obj, nil, corev1.EventTypeNormal, "RolloutCompleted", "Rollout", "%s", ready.Message)
 	}
 	setCondition(obj, ready)
-	return nil
+	return ctrl.Result{}, nil
 }
 
 // reconcileDelete removes the finalizer once no template carries the
@@ -240,69 +246,6 @@ func eachRecorded(ctx context.Context, c client.Reader, ref string, fn func(clie
 		}
 	}
 	return nil
-}
-
-// survey classifies the running pods the policy selects.
-func survey(ctx context.Context, c client.Reader, cluster keepalive.Cluster, pol *keepalive.Policy, namespaced bool) (podTally, error) {
-	s := podTally{blocked: map[keepalive.SkipReason]int32{}, blockedNamespaces: map[string]bool{}, blockedNodes: map[string]bool{}}
-	var pods corev1.PodList
-	opts := []client.ListOption{client.UnsafeDisableDeepCopy}
-	if namespaced {
-		opts = append(opts, client.InNamespace(pol.Ref.Namespace))
-	}
-	if err := c.List(ctx, &pods, opts...); err != nil {
-		return s, fmt.Errorf("list pods: %w", err)
-	}
-	namespaces := map[string]keepalive.Namespace{}
-	nodes := map[string]*keepalive.NodeInfo{}
-	for i := range pods.Items {
-		pod := &pods.Items[i]
-		if !running(pod) {
-			continue
-		}
-		ns, ok := namespaces[pod.Namespace]
-		if !ok {
-			var obj corev1.Namespace
-			if err := c.Get(ctx, client.ObjectKey{Name: pod.Namespace}, &obj); err != nil {
-				// Never a short count: the pass is retried.
-				return s, fmt.Errorf("get namespace %s of pod %s: %w", pod.Namespace, pod.Name, err)
-			}
-			ns = keepalive.Namespace{Name: obj.Name, Labels: obj.Labels}
-			namespaces[pod.Namespace] = ns
-		}
-		if !pol.Applies(keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels, NamespaceLabels: ns.Labels}) {
-			continue
-		}
-		s.counts.Matched++
-		node, err := nodeInfo(ctx, c, nodes, pod.Spec.NodeName)
-		if err != nil {
-			return s, err
-		}
-		state, reason := keepalive.Classify(podView(pod), ns, cluster, pol, node)
-		switch state {
-		case keepalive.PodCompliant:
-			s.counts.Compliant++
-		case keepalive.PodSkipped:
-			s.counts.Skipped++
-			if reason.Blocks() {
-				s.blocked[reason]++
-			}
-			switch reason {
-			case keepalive.SkipPodSecurityVersion:
-				s.blockedNamespaces[pod.Namespace] = true
-			case keepalive.SkipNodeKubelet, keepalive.SkipNodeKernel:
-				s.blockedNodes[pod.Spec.NodeName] = true
-			}
-		case keepalive.PodStale:
-			s.counts.Stale++
-			if _, patchable, err := owner(ctx, c, pod); err != nil {
-				return s, err
-			} else if !patchable {
-				s.unpatchable++
-			}
-		}
-	}
-	return s, nil
 }
 
 // running reports whether a pod counts: not finished, not going away.

@@ -55,9 +55,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if opts.MaxConcurrentReconciles == 0 {
 		opts.MaxConcurrentReconciles = 4
 	}
-	if err := addIndexes(context.Background(), mgr); err != nil {
-		return err
-	}
+	idx := &indexes{indexer: mgr.GetFieldIndexer()}
 	c := mgr.GetClient()
 	recorder := mgr.GetEventRecorder("keepalive-operator")
 	policies := newPolicySet(c)
@@ -77,11 +75,15 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 			kapQ.addAfter(opts.StatusDelay, req)
 		}
 	}
-	m := &mapper{client: c, cluster: opts.Cluster, policies: policies, events: recorder}
+	m := &mapper{client: c, cluster: opts.Cluster, policies: policies, events: recorder, indexes: idx}
+	t := newTally(mgr.GetCache(), c, opts.Cluster, policies, notify)
+	if err := mgr.Add(indexedFirst{idx, t}); err != nil {
+		return err
+	}
 
 	w := &workloadReconciler{
 		client: c, live: mgr.GetAPIReader(), events: recorder, cluster: opts.Cluster,
-		policies: policies, slots: sl, failures: fl,
+		policies: policies, slots: sl, failures: fl, indexes: idx,
 		wake: func(keys ...workloadKey) { workloadQ.addAfter(0, keys...) }, notify: notify,
 	}
 	b := builder.TypedControllerManagedBy[workloadKey](mgr).
@@ -100,13 +102,13 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 
 	kap := &policyReconciler[*v1alpha1.KeepalivePolicy]{
-		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl,
+		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, tally: t, indexes: idx,
 		kind: keepalive.KindKeepalivePolicy, namespaced: true,
 		newObj:  func() *v1alpha1.KeepalivePolicy { return &v1alpha1.KeepalivePolicy{} },
 		newList: func() client.ObjectList { return &v1alpha1.KeepalivePolicyList{} },
 	}
 	ckap := &policyReconciler[*v1alpha1.ClusterKeepalivePolicy]{
-		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl,
+		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, tally: t, indexes: idx,
 		kind:    keepalive.KindClusterKeepalivePolicy,
 		newObj:  func() *v1alpha1.ClusterKeepalivePolicy { return &v1alpha1.ClusterKeepalivePolicy{} },
 		newList: func() client.ObjectList { return &v1alpha1.ClusterKeepalivePolicyList{} },
@@ -117,16 +119,14 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	)
 }
 
-// setupPolicy watches a policy kind for its status pass, and what changes
-// its counts: pods, namespaces, nodes and the workloads' records.
+// setupPolicy watches a policy kind for its status pass, and the records
+// of the workloads for their counts; the tally wakes it when its pod counts
+// change.
 func setupPolicy[T policyObject](mgr ctrl.Manager, r *policyReconciler[T], m *mapper, q *queue[reconcile.Request], delay time.Duration) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named(strings.ToLower(r.kind)).
 		// Status writes of the reconciler itself do not start another pass.
 		For(r.newObj(), builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, deletionStarted))).
-		Watches(&corev1.Pod{}, m.podToPolicies(r.kind, delay)).
-		Watches(&corev1.Namespace{}, m.namespaceToPolicies(r.kind, delay)).
-		Watches(&corev1.Node{}, m.nodeToPolicies(r.kind, delay)).
 		WatchesRawSource(source.Func(q.capture))
 	for _, kind := range patchableKinds {
 		b = b.Watches(newWorkload(kind), m.recordToPolicies(r.kind, delay))
@@ -163,8 +163,21 @@ func (q *queue[T]) addAfter(d time.Duration, items ...T) {
 	}
 }
 
-func addIndexes(ctx context.Context, mgr ctrl.Manager) error {
-	idx := mgr.GetFieldIndexer()
+// indexes adds the cache indexes the first time the leader needs them:
+// an index makes its informer start, and a replica that only serves the
+// webhook need not cache pods and workloads.
+type indexes struct {
+	indexer client.FieldIndexer
+	once    sync.Once
+	err     error
+}
+
+func (i *indexes) ensure(ctx context.Context) error {
+	i.once.Do(func() { i.err = i.add(ctx) })
+	return i.err
+}
+
+func (i *indexes) add(ctx context.Context) error {
 	byOwner := func(o client.Object) []string {
 		if ref := metav1.GetControllerOf(o); ref != nil {
 			return []string{ref.Kind + "/" + ref.Name}
@@ -172,10 +185,10 @@ func addIndexes(ctx context.Context, mgr ctrl.Manager) error {
 		return nil
 	}
 	errs := []error{
-		idx.IndexField(ctx, &corev1.Pod{}, indexOwner, byOwner),
-		idx.IndexField(ctx, &appsv1.ReplicaSet{}, indexOwner, byOwner),
-		idx.IndexField(ctx, &batchv1.Job{}, indexOwner, byOwner),
-		idx.IndexField(ctx, &corev1.Pod{}, indexNode, func(o client.Object) []string {
+		i.indexer.IndexField(ctx, &corev1.Pod{}, indexOwner, byOwner),
+		i.indexer.IndexField(ctx, &appsv1.ReplicaSet{}, indexOwner, byOwner),
+		i.indexer.IndexField(ctx, &batchv1.Job{}, indexOwner, byOwner),
+		i.indexer.IndexField(ctx, &corev1.Pod{}, indexNode, func(o client.Object) []string {
 			if n := o.(*corev1.Pod).Spec.NodeName; n != "" {
 				return []string{n}
 			}
@@ -183,7 +196,7 @@ func addIndexes(ctx context.Context, mgr ctrl.Manager) error {
 		}),
 	}
 	for _, kind := range patchableKinds {
-		errs = append(errs, idx.IndexField(ctx, newWorkload(kind), indexRecord, func(o client.Object) []string {
+		errs = append(errs, i.indexer.IndexField(ctx, newWorkload(kind), indexRecord, func(o client.Object) []string {
 			if p := recordPolicy(o); p != "" {
 				return []string{p}
 			}
@@ -194,6 +207,19 @@ func addIndexes(ctx context.Context, mgr ctrl.Manager) error {
 		return fmt.Errorf("index the cache: %w", err)
 	}
 	return nil
+}
+
+// indexedFirst starts a runnable of the leader once the indexes are there.
+type indexedFirst struct {
+	indexes *indexes
+	*tally
+}
+
+func (r indexedFirst) Start(ctx context.Context) error {
+	if err := r.indexes.ensure(ctx); err != nil {
+		return err
+	}
+	return r.tally.Start(ctx)
 }
 
 // recordPolicy is the policy the record of one of the operator's workloads
@@ -217,6 +243,7 @@ type mapper struct {
 	events   interface {
 		Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any)
 	}
+	indexes *indexes
 }
 
 type (
@@ -407,6 +434,10 @@ func (m *mapper) policyToWorkloads() handler.TypedEventHandler[client.Object, wo
 // those whose record names it.
 func (m *mapper) policyWorkloads(ctx context.Context, objs ...client.Object) []workloadKey {
 	log := logf.FromContext(ctx)
+	if err := m.indexes.ensure(ctx); err != nil {
+		log.Error(err, "index the cache")
+		return nil
+	}
 	seen := map[workloadKey]bool{}
 	var pols []keepalive.Policy
 	for _, o := range objs {
@@ -471,65 +502,6 @@ func compile(obj policyObject) (keepalive.Policy, error) {
 	return keepalive.Policy{}, fmt.Errorf("not a policy: %T", obj)
 }
 
-// podToPolicies wakes the status pass of the policies of a kind whose
-// counts a pod event can change: those that select the pod before or after
-// it, when it comes, goes, or changes what its state depends on. The pass
-// runs after delay, so that a burst of pods costs one status write.
-func (m *mapper) podToPolicies(kind string, delay time.Duration) handler.TypedEventHandler[client.Object, reconcile.Request] {
-	enqueue := func(ctx context.Context, q policyQueue, pod *corev1.Pod, labelSets ...map[string]string) {
-		ns, ok := m.namespace(ctx, pod.Namespace)
-		if !ok {
-			return
-		}
-		for _, p := range m.policiesOfKind(ctx, kind, pod.Namespace) {
-			for _, l := range labelSets {
-				if p.Applies(keepalive.Target{Namespace: pod.Namespace, Labels: l, NamespaceLabels: ns.Labels}) {
-					q.AddAfter(requestFor(p.Ref), delay)
-					break
-				}
-			}
-		}
-	}
-	return handler.TypedFuncs[client.Object, reconcile.Request]{
-		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[client.Object], q policyQueue) {
-			if pod, ok := e.Object.(*corev1.Pod); ok {
-				enqueue(ctx, q, pod, pod.Labels)
-			}
-		},
-		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q policyQueue) {
-			o, ok1 := e.ObjectOld.(*corev1.Pod)
-			n, ok2 := e.ObjectNew.(*corev1.Pod)
-			if !ok1 || !ok2 {
-				return
-			}
-			if running(o) != running(n) || o.Spec.NodeName != n.Spec.NodeName || o.Labels[keepalive.LabelInject] != n.Labels[keepalive.LabelInject] {
-				enqueue(ctx, q, n, o.Labels, n.Labels) // its state changes for every policy that selects it
-				return
-			}
-			if equality.Semantic.DeepEqual(o.Labels, n.Labels) {
-				return
-			}
-			// Only the labels changed: the policies whose selection changed.
-			ns, ok := m.namespace(ctx, n.Namespace)
-			if !ok {
-				return
-			}
-			for _, p := range m.policiesOfKind(ctx, kind, n.Namespace) {
-				before := p.Applies(keepalive.Target{Namespace: n.Namespace, Labels: o.Labels, NamespaceLabels: ns.Labels})
-				after := p.Applies(keepalive.Target{Namespace: n.Namespace, Labels: n.Labels, NamespaceLabels: ns.Labels})
-				if before != after {
-					q.AddAfter(requestFor(p.Ref), delay)
-				}
-			}
-		},
-		DeleteFunc: func(ctx context.Context, e event.TypedDeleteEvent[client.Object], q policyQueue) {
-			if pod, ok := e.Object.(*corev1.Pod); ok {
-				enqueue(ctx, q, pod, pod.Labels)
-			}
-		},
-	}
-}
-
 // policiesOfKind returns the policies in force of a kind that may apply in a
 // namespace.
 func (m *mapper) policiesOfKind(ctx context.Context, kind, namespace string) []keepalive.Policy {
@@ -546,58 +518,6 @@ func (m *mapper) policiesOfKind(ctx context.Context, kind, namespace string) []k
 
 func requestFor(ref keepalive.Ref) reconcile.Request {
 	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}}
-}
-
-// namespaceToPolicies wakes the policies of a kind that select a namespace
-// before or after a label change that matters to them.
-func (m *mapper) namespaceToPolicies(kind string, delay time.Duration) handler.TypedEventHandler[client.Object, reconcile.Request] {
-	return handler.TypedFuncs[client.Object, reconcile.Request]{
-		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q policyQueue) {
-			if !m.namespaceMatters(ctx, e.ObjectOld, e.ObjectNew) {
-				return
-			}
-			name := e.ObjectNew.GetName()
-			for _, p := range m.policiesOfKind(ctx, kind, name) {
-				if p.SelectsNamespace(name, e.ObjectOld.GetLabels()) || p.SelectsNamespace(name, e.ObjectNew.GetLabels()) {
-					q.AddAfter(requestFor(p.Ref), delay)
-				}
-			}
-		},
-	}
-}
-
-// nodeToPolicies wakes, when a node's kubelet or kernel changes, the
-// policies of a kind that select pods on it.
-func (m *mapper) nodeToPolicies(kind string, delay time.Duration) handler.TypedEventHandler[client.Object, reconcile.Request] {
-	return handler.TypedFuncs[client.Object, reconcile.Request]{
-		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q policyQueue) {
-			o, ok1 := e.ObjectOld.(*corev1.Node)
-			n, ok2 := e.ObjectNew.(*corev1.Node)
-			if !ok1 || !ok2 || o.Status.NodeInfo.KubeletVersion == n.Status.NodeInfo.KubeletVersion &&
-				o.Status.NodeInfo.KernelVersion == n.Status.NodeInfo.KernelVersion {
-				return
-			}
-			var pods corev1.PodList
-			if err := m.client.List(ctx, &pods, client.MatchingFields{indexNode: n.Name}, client.UnsafeDisableDeepCopy); err != nil {
-				logf.FromContext(ctx).Error(err, "list the pods of a node", "node", n.Name)
-				return
-			}
-			woken := map[keepalive.Ref]bool{}
-			for i := range pods.Items {
-				pod := &pods.Items[i]
-				ns, ok := m.namespace(ctx, pod.Namespace)
-				if !ok {
-					continue
-				}
-				for _, p := range m.policiesOfKind(ctx, kind, pod.Namespace) {
-					if !woken[p.Ref] && p.Applies(keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels, NamespaceLabels: ns.Labels}) {
-						woken[p.Ref] = true
-						q.AddAfter(requestFor(p.Ref), delay)
-					}
-				}
-			}
-		},
-	}
 }
 
 // recordToPolicies wakes the policies of a kind that a workload's record

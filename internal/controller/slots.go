@@ -149,15 +149,16 @@ const (
 // the operator's change is rolled out, the workload no longer replaces pods
 // by itself, or it went longer than the deadline without progress. A
 // Deployment's own progress deadline counts through rolling().
-func (s *slots) observe(k workloadKey, obj client.Object, now time.Time) (p progress, retryIn time.Duration) {
+func (s *slots) observe(k workloadKey, obj client.Object, now time.Time) (p progress, policy string, retryIn time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sl, ok := s.held[k]
 	if !ok {
-		return notHeld, 0
+		return notHeld, "", 0
 	}
+	policy = sl.policy
 	if sl.generation == math.MaxInt64 {
-		return stillRolling, 0 // the write has not returned yet
+		return stillRolling, policy, 0 // the write has not returned yet
 	}
 	if u := updatedReplicas(obj); u > sl.updated {
 		sl.updated, sl.progressAt = u, now
@@ -171,11 +172,11 @@ func (s *slots) observe(k workloadKey, obj client.Object, now time.Time) (p prog
 		if kindOf(obj) != kindDeployment {
 			retryIn = s.deadline - now.Sub(sl.progressAt) + time.Second
 		}
-		return stillRolling, retryIn
+		return stillRolling, policy, retryIn
 	}
 	delete(s.held, k)
 	rolloutsInProgress.Set(float64(len(s.held)))
-	return p, 0
+	return p, policy, 0
 }
 
 // holds reports whether the workload holds a slot.

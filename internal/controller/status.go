@@ -35,13 +35,17 @@ type podTally struct {
 	counts v1alpha1.PodCounts
 	// blocked counts skipped pods by the cause in their way.
 	blocked map[keepalive.SkipReason]int32
-	// blockedNamespaces and blockedNodes name where Pod Security and old
-	// kubelets or kernels block pods.
-	blockedNamespaces map[string]bool
-	blockedNodes      map[string]bool
+	// blockedNamespaces and blockedNodes count the pods that Pod Security
+	// and old kubelets or kernels block, by namespace and node.
+	blockedNamespaces map[string]int32
+	blockedNodes      map[string]int32
 	// unpatchable counts stale pods of Jobs, bare pods and pods of other
 	// controllers: they get the values only when created anew.
 	unpatchable int32
+}
+
+func newPodTally() podTally {
+	return podTally{blocked: map[keepalive.SkipReason]int32{}, blockedNamespaces: map[string]int32{}, blockedNodes: map[string]int32{}}
 }
 
 // workloadTally is where the workloads of a policy stand.

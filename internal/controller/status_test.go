@@ -87,8 +87,8 @@ func TestPodsBlockedCondition(t *testing.T) {
 				keepalive.SkipHostNetwork: 2, keepalive.SkipWindows: 1, keepalive.SkipPodSecurityVersion: 3,
 				keepalive.SkipNodeKubelet: 1, keepalive.SkipNodeKernel: 1, keepalive.SkipClusterVersion: 1,
 			},
-			blockedNamespaces: map[string]bool{"legacy": true, "batch": true},
-			blockedNodes:      map[string]bool{"node-b": true, "node-a": true},
+			blockedNamespaces: map[string]int32{"legacy": 1, "batch": 2},
+			blockedNodes:      map[string]int32{"node-b": 1, "node-a": 1},
 		}, metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked,
 			Message: "9 pods cannot take the keepalive sysctls: 1 cluster older than 1.29 without --unsafe-sysctls-allowed; 2 hostNetwork; " +
 				"1 kernel older than 4.5 (nodes node-a, node-b); 1 kubelet older than 1.29 (nodes node-a, node-b); " +

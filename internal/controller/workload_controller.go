@@ -38,6 +38,7 @@ type workloadReconciler struct {
 	policies *policySet
 	slots    *slots
 	failures *failures
+	indexes  *indexes
 	// wake enqueues workloads; notify enqueues a policy's status pass.
 	wake   func(...workloadKey)
 	notify func(ref string)
@@ -45,6 +46,9 @@ type workloadReconciler struct {
 
 func (r *workloadReconciler) Reconcile(ctx context.Context, key workloadKey) (result ctrl.Result, retErr error) {
 	defer func() { reconciles.WithLabelValues("Workload", resultLabel(result, retErr)).Inc() }()
+	if err := r.indexes.ensure(ctx); err != nil {
+		return ctrl.Result{}, err
+	}
 	r.slots.rebuild(time.Now(), func() map[workloadKey]slot { return r.rolloutsUnderWay(ctx) })
 	obj := newWorkload(key.Kind)
 	if err := r.client.Get(ctx, key.objectKey(), obj); err != nil {
@@ -93,11 +97,7 @@ func (r *workloadReconciler) forget(key workloadKey) {
 // observeSlot frees the workload's slot when its rollout is over, and says
 // when to look again at one still rolling under a deadline.
 func (r *workloadReconciler) observeSlot(ctx context.Context, key workloadKey, obj client.Object) time.Duration {
-	policy := ""
-	if rec, ok, err := keepalive.ParseManaged(obj.GetAnnotations()); ok && err == nil {
-		policy = rec.Policy
-	}
-	p, retryIn := r.slots.observe(key, obj, time.Now())
+	p, policy, retryIn := r.slots.observe(key, obj, time.Now())
 	switch p {
 	case stuck:
 		note := fmt.Sprintf("%s made no progress for %s; its rollout slot is freed", key, r.slots.deadline)

@@ -8,6 +8,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -269,7 +270,9 @@ func owner(ctx context.Context, c client.Reader, pod *corev1.Pod) (key workloadK
 		return key, false, nil
 	}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: ref.Name}, parent); err != nil {
-		return key, false, client.IgnoreNotFound(fmt.Errorf("get %s: %w", key, err))
+		// A ReplicaSet not cached yet is a Deployment's or a bare one:
+		// patchable either way.
+		return key, ref.Kind == kindReplicaSet && apierrors.IsNotFound(err), client.IgnoreNotFound(fmt.Errorf("get %s: %w", key, err))
 	}
 	up := metav1.GetControllerOf(parent)
 	switch {

@@ -104,10 +104,10 @@ func TestSlots(t *testing.T) {
 	}
 	s.started(a, 4, 0)
 	// The cache still shows generation 3, done: the change is not seen yet.
-	if p, _ := s.observe(a, deploymentWith(3, appsv1.DeploymentStatus{ObservedGeneration: 3, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}), now); p != stillRolling {
+	if p, _, _ := s.observe(a, deploymentWith(3, appsv1.DeploymentStatus{ObservedGeneration: 3, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}), now); p != stillRolling {
 		t.Fatal("a stale cache freed the slot")
 	}
-	if p, _ := s.observe(a, deploymentWith(4, appsv1.DeploymentStatus{ObservedGeneration: 4, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}), now); p != finished {
+	if p, _, _ := s.observe(a, deploymentWith(4, appsv1.DeploymentStatus{ObservedGeneration: 4, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}), now); p != finished {
 		t.Fatal("a finished rollout still holds its slot")
 	}
 	// One slot is free: only the first in the queue is woken.
@@ -123,20 +123,20 @@ func TestSlots(t *testing.T) {
 		Status: appsv1.StatefulSetStatus{ObservedGeneration: 2, UpdatedReplicas: 1}}
 	s.started(c, 2, 0)
 	// One more pod updated at 30 s: the deadline counts from then.
-	if p, retry := s.observe(c, sts, now.Add(30*time.Second)); p != stillRolling || retry != 61*time.Second {
+	if p, _, retry := s.observe(c, sts, now.Add(30*time.Second)); p != stillRolling || retry != 61*time.Second {
 		t.Fatalf("progress: %v, retry in %s", p, retry)
 	}
-	if p, _ := s.observe(c, sts, now.Add(80*time.Second)); p != stillRolling {
+	if p, _, _ := s.observe(c, sts, now.Add(80*time.Second)); p != stillRolling {
 		t.Fatal("progress at 30 s did not move the deadline")
 	}
-	if p, _ := s.observe(c, sts, now.Add(91*time.Second)); p != stuck {
+	if p, _, _ := s.observe(c, sts, now.Add(91*time.Second)); p != stuck {
 		t.Fatal("a StatefulSet past its deadline kept its slot")
 	}
 	// A workload paused while rolling frees its slot.
 	paused := deploymentWith(5, appsv1.DeploymentStatus{ObservedGeneration: 5})
 	paused.Spec.Paused = true
 	s.started(b, 5, 0)
-	if p, _ := s.observe(b, paused, now); p != finished {
+	if p, _, _ := s.observe(b, paused, now); p != finished {
 		t.Fatal("a paused Deployment kept its slot")
 	}
 	// A new leader counts the rollouts under way, even beyond the limit.

@@ -1,0 +1,406 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
+)
+
+// tally keeps, for every policy in force, the counts of the running pods it
+// selects. Pod events update it one pod at a time, and a policy, namespace or
+// node change recounts only the pods it can affect, so that a status pass
+// costs the same whatever the number of pods. It runs on the leader.
+//
+// Every change is computed from the caches under one lock, so that the
+// handlers of different informers, run in any order, leave the counts that
+// the caches give.
+type tally struct {
+	cache    cache.Cache
+	client   client.Reader
+	cluster  func() keepalive.Cluster
+	policies *policySet
+	// notify is told of each policy whose counts changed.
+	notify func(ref string)
+
+	mu     sync.Mutex
+	pods   map[string]podEntry // by namespace/name
+	counts map[keepalive.Ref]*podTally
+	synced []func() bool
+}
+
+// podEntry is what a pod adds to the counts: one contribution per policy
+// that selects it.
+type podEntry struct {
+	node     string
+	policies []contribution
+}
+
+type contribution struct {
+	policy      keepalive.Ref
+	state       keepalive.PodState
+	reason      keepalive.SkipReason
+	unpatchable bool
+}
+
+func newTally(ca cache.Cache, c client.Reader, cluster func() keepalive.Cluster, policies *policySet, notify func(string)) *tally {
+	return &tally{cache: ca, client: c, cluster: cluster, policies: policies, notify: notify,
+		pods: map[string]podEntry{}, counts: map[keepalive.Ref]*podTally{}}
+}
+
+// Start feeds the tally from the informers of pods, policies, namespaces
+// and nodes. It needs leader election, like the reconcilers that read it.
+func (t *tally) Start(ctx context.Context) error {
+	feeds := []struct {
+		obj      client.Object
+		handlers toolscache.ResourceEventHandlerFuncs
+	}{
+		{&corev1.Pod{}, toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { t.podChanged(ctx, o) },
+			UpdateFunc: func(old, o any) { t.podUpdated(ctx, old, o) },
+			DeleteFunc: func(o any) { t.podChanged(ctx, o) },
+		}},
+		{&v1alpha1.KeepalivePolicy{}, t.recountOn(ctx)},
+		{&v1alpha1.ClusterKeepalivePolicy{}, t.recountOn(ctx)},
+		{&corev1.Namespace{}, toolscache.ResourceEventHandlerFuncs{
+			UpdateFunc: func(old, o any) { t.namespaceUpdated(ctx, old, o) },
+		}},
+		{&corev1.Node{}, toolscache.ResourceEventHandlerFuncs{
+			UpdateFunc: func(old, o any) { t.nodeUpdated(ctx, old, o) },
+		}},
+	}
+	for _, f := range feeds {
+		inf, err := t.cache.GetInformer(ctx, f.obj)
+		if err != nil {
+			return fmt.Errorf("get informer for %T: %w", f.obj, err)
+		}
+		reg, err := inf.AddEventHandler(f.handlers)
+		if err != nil {
+			return fmt.Errorf("watch %T: %w", f.obj, err)
+		}
+		t.mu.Lock()
+		t.synced = append(t.synced, reg.HasSynced)
+		t.mu.Unlock()
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// NeedLeaderElection: only the leader reconciles, so only it counts.
+func (*tally) NeedLeaderElection() bool { return true }
+
+// get returns the counts of a policy, and false while the tally has not yet
+// seen every object that existed when it started: never a short count.
+func (t *tally) get(ref keepalive.Ref) (podTally, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, synced := range t.synced {
+		if !synced() {
+			return podTally{}, false
+		}
+	}
+	if len(t.synced) == 0 {
+		return podTally{}, false
+	}
+	c := t.counts[ref]
+	if c == nil {
+		return newPodTally(), true
+	}
+	out := *c
+	out.blocked = maps.Clone(c.blocked)
+	out.blockedNamespaces = maps.Clone(c.blockedNamespaces)
+	out.blockedNodes = maps.Clone(c.blockedNodes)
+	return out, true
+}
+
+func podKey(pod *corev1.Pod) string { return pod.Namespace + "/" + pod.Name }
+
+func asPod(o any) (*corev1.Pod, bool) {
+	if tomb, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
+		o = tomb.Obj
+	}
+	pod, ok := o.(*corev1.Pod)
+	return pod, ok
+}
+
+// podUpdated recounts a pod when something its counts depend on changed;
+// the many status updates of running pods change nothing.
+func (t *tally) podUpdated(ctx context.Context, old, o any) {
+	before, ok1 := asPod(old)
+	after, ok2 := asPod(o)
+	if ok1 && ok2 && running(before) == running(after) && before.Spec.NodeName == after.Spec.NodeName &&
+		equality.Semantic.DeepEqual(before.Labels, after.Labels) {
+		return
+	}
+	t.podChanged(ctx, o)
+}
+
+// podChanged counts a pod as the caches have it now, or drops it when it
+// is gone.
+func (t *tally) podChanged(ctx context.Context, o any) {
+	pod, ok := asPod(o)
+	if !ok {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := map[keepalive.Ref]bool{}
+	live := &corev1.Pod{}
+	if err := t.client.Get(ctx, client.ObjectKeyFromObject(pod), live); err != nil {
+		live = nil // deleted
+	}
+	t.set(podKey(pod), t.entry(ctx, live, nil), changed)
+	t.tell(changed)
+}
+
+// entry computes what a pod adds to the counts: for every policy in force
+// that selects it, or for only (when not nil) one of them. A pod that is
+// gone or not running adds nothing.
+func (t *tally) entry(ctx context.Context, pod *corev1.Pod, only *keepalive.Policy) podEntry {
+	if pod == nil || !running(pod) {
+		return podEntry{}
+	}
+	var ns corev1.Namespace
+	if err := t.client.Get(ctx, client.ObjectKey{Name: pod.Namespace}, &ns); err != nil {
+		return podEntry{} // a namespace event recounts its pods once it is cached
+	}
+	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
+	pols := []keepalive.Policy{}
+	if only != nil {
+		pols = append(pols, *only)
+	} else {
+		namespaced, cluster, err := t.policies.inScope(ctx, pod.Namespace)
+		if err != nil {
+			logf.FromContext(ctx).Error(err, "count a pod")
+			return podEntry{}
+		}
+		pols = append(namespaced, cluster...)
+	}
+	target := keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels, NamespaceLabels: ns.Labels}
+	e := podEntry{node: pod.Spec.NodeName}
+	var node *keepalive.NodeInfo
+	nodeRead := false
+	cluster := t.cluster()
+	for i := range pols {
+		p := &pols[i]
+		if !p.Applies(target) {
+			continue
+		}
+		if !nodeRead {
+			node, _ = nodeInfo(ctx, t.client, nil, pod.Spec.NodeName)
+			nodeRead = true
+		}
+		c := contribution{policy: p.Ref}
+		c.state, c.reason = keepalive.Classify(podView(pod), nsView, cluster, p, node)
+		if c.state == keepalive.PodStale {
+			_, patchable, err := owner(ctx, t.client, pod)
+			c.unpatchable = err == nil && !patchable
+		}
+		e.policies = append(e.policies, c)
+	}
+	return e
+}
+
+// set replaces what a pod adds to the counts, noting the policies whose
+// counts change.
+func (t *tally) set(key string, e podEntry, changed map[keepalive.Ref]bool) {
+	old := t.pods[key]
+	for _, c := range old.policies {
+		if !slices.Contains(e.policies, c) || old.node != e.node {
+			t.add(c, old.node, key, -1)
+			changed[c.policy] = true
+		}
+	}
+	for _, c := range e.policies {
+		if !slices.Contains(old.policies, c) || old.node != e.node {
+			t.add(c, e.node, key, 1)
+			changed[c.policy] = true
+		}
+	}
+	if len(e.policies) == 0 {
+		delete(t.pods, key)
+	} else {
+		t.pods[key] = e
+	}
+}
+
+// add adds (n = 1) or removes (n = -1) one contribution.
+func (t *tally) add(c contribution, node, podKey string, n int32) {
+	pt := t.counts[c.policy]
+	if pt == nil {
+		fresh := newPodTally()
+		pt = &fresh
+		t.counts[c.policy] = pt
+	}
+	pt.counts.Matched += n
+	switch c.state {
+	case keepalive.PodCompliant:
+		pt.counts.Compliant += n
+	case keepalive.PodStale:
+		pt.counts.Stale += n
+		if c.unpatchable {
+			pt.unpatchable += n
+		}
+	case keepalive.PodSkipped:
+		pt.counts.Skipped += n
+		if c.reason.Blocks() {
+			bump(pt.blocked, c.reason, n)
+		}
+		switch c.reason {
+		case keepalive.SkipPodSecurityVersion:
+			ns, _, _ := cutKey(podKey)
+			bump(pt.blockedNamespaces, ns, n)
+		case keepalive.SkipNodeKubelet, keepalive.SkipNodeKernel:
+			bump(pt.blockedNodes, node, n)
+		}
+	}
+}
+
+func bump[K comparable](m map[K]int32, k K, n int32) {
+	if m[k] += n; m[k] <= 0 {
+		delete(m, k)
+	}
+}
+
+func cutKey(key string) (namespace, name string, ok bool) {
+	for i := range key {
+		if key[i] == '/' {
+			return key[:i], key[i+1:], true
+		}
+	}
+	return "", key, false
+}
+
+func (t *tally) tell(changed map[keepalive.Ref]bool) {
+	for ref := range changed {
+		t.notify(ref.String())
+	}
+}
+
+// recountOn recounts a policy's pods when it comes, changes its spec or
+// goes.
+func (t *tally) recountOn(ctx context.Context) toolscache.ResourceEventHandlerFuncs {
+	recount := func(o any) {
+		if tomb, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
+			o = tomb.Obj
+		}
+		if obj, ok := o.(policyObject); ok {
+			t.recountPolicy(ctx, obj)
+		}
+	}
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc: recount,
+		UpdateFunc: func(old, o any) {
+			before, ok1 := old.(policyObject)
+			after, ok2 := o.(policyObject)
+			if !ok1 || !ok2 || before.GetGeneration() != after.GetGeneration() ||
+				before.GetDeletionTimestamp().IsZero() != after.GetDeletionTimestamp().IsZero() {
+				recount(o)
+			}
+		},
+		DeleteFunc: recount,
+	}
+}
+
+// recountPolicy drops a policy's contributions and, while it is in force,
+// counts the pods in its scope again.
+func (t *tally) recountPolicy(ctx context.Context, obj policyObject) {
+	ref := refOf(obj)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for key, e := range t.pods {
+		if i := slices.IndexFunc(e.policies, func(c contribution) bool { return c.policy == ref }); i >= 0 {
+			e.policies = slices.Delete(slices.Clone(e.policies), i, i+1)
+			if len(e.policies) == 0 {
+				delete(t.pods, key)
+			} else {
+				t.pods[key] = e
+			}
+		}
+	}
+	delete(t.counts, ref)
+	defer t.notify(ref.String())
+	current := obj.DeepCopyObject().(policyObject)
+	if err := t.client.Get(ctx, client.ObjectKeyFromObject(obj), current); err != nil {
+		return // gone
+	}
+	pol, ok := t.policies.inForce(current)
+	if !ok {
+		return
+	}
+	var pods corev1.PodList
+	opts := []client.ListOption{client.UnsafeDisableDeepCopy}
+	if ref.Kind == keepalive.KindKeepalivePolicy {
+		opts = append(opts, client.InNamespace(ref.Namespace))
+	}
+	if err := t.client.List(ctx, &pods, opts...); err != nil {
+		logf.FromContext(ctx).Error(err, "recount a policy's pods", "policy", ref.String())
+		return
+	}
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		c := t.entry(ctx, pod, &pol)
+		if len(c.policies) == 0 {
+			continue
+		}
+		key := podKey(pod)
+		e := t.pods[key]
+		e.node = c.node
+		e.policies = append(slices.Clone(e.policies), c.policies[0])
+		t.add(c.policies[0], e.node, key, 1)
+		t.pods[key] = e
+	}
+}
+
+// namespaceUpdated recounts the pods of a namespace whose label change can
+// change what the policies do there.
+func (t *tally) namespaceUpdated(ctx context.Context, old, o any) {
+	before, ok1 := old.(*corev1.Namespace)
+	after, ok2 := o.(*corev1.Namespace)
+	if !ok1 || !ok2 || equality.Semantic.DeepEqual(before.Labels, after.Labels) {
+		return
+	}
+	namespaced, cluster, err := t.policies.inScope(ctx, after.Name)
+	if err != nil || !keepalive.NamespaceMatters(keepalive.Namespace{Name: before.Name, Labels: before.Labels},
+		keepalive.Namespace{Name: after.Name, Labels: after.Labels}, t.cluster(), append(namespaced, cluster...)) {
+		return
+	}
+	t.recountPods(ctx, client.InNamespace(after.Name))
+}
+
+// nodeUpdated recounts the pods of a node whose kubelet or kernel changed.
+func (t *tally) nodeUpdated(ctx context.Context, old, o any) {
+	before, ok1 := old.(*corev1.Node)
+	after, ok2 := o.(*corev1.Node)
+	if !ok1 || !ok2 || before.Status.NodeInfo.KubeletVersion == after.Status.NodeInfo.KubeletVersion &&
+		before.Status.NodeInfo.KernelVersion == after.Status.NodeInfo.KernelVersion {
+		return
+	}
+	t.recountPods(ctx, client.MatchingFields{indexNode: after.Name})
+}
+
+func (t *tally) recountPods(ctx context.Context, opts ...client.ListOption) {
+	var pods corev1.PodList
+	if err := t.client.List(ctx, &pods, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
+		logf.FromContext(ctx).Error(err, "recount pods")
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := map[keepalive.Ref]bool{}
+	for i := range pods.Items {
+		t.set(podKey(&pods.Items[i]), t.entry(ctx, &pods.Items[i], nil), changed)
+	}
+	t.tell(changed)
+}
