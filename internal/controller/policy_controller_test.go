@@ -90,6 +90,18 @@ var _ = Describe("policy status", func() {
 			HaveField("Message", Equal(fmt.Sprintf("2 pods cannot take the keepalive sysctls: 1 kubelet older than 1.29 (nodes %s); 1 Pod Security enforce-version older than v1.29 (namespaces %s)", node.Name, pinned))),
 		))))
 		Expect(status(p)().Pods).To(gstruct.PointTo(Equal(v1alpha1.PodCounts{Matched: 2, Skipped: 2})))
+
+		By("upgrading the node and the namespace's Pod Security version: the counts follow, with no pod event")
+		node.Status.NodeInfo.KubeletVersion = "v1.36.3"
+		Expect(k8sClient.Status().Update(ctx, node)).To(Succeed())
+		labelNamespace(pinned, map[string]string{"egress": "blocked", "pod-security.kubernetes.io/enforce": "baseline", "pod-security.kubernetes.io/enforce-version": "v1.29"})
+		Eventually(status(p)).Should(HaveField("Pods", gstruct.PointTo(Equal(v1alpha1.PodCounts{Matched: 2, Stale: 2}))))
+		Expect(condition(status(p)(), ConditionPodsBlocked).Status).To(Equal(metav1.ConditionFalse))
+
+		By("a namespace leaving the policy's selector, and a pod going")
+		labelNamespace(pinned, nil)
+		Expect(k8sClient.Delete(ctx, testobj.MakePod(open, "on-old-node").Obj())).To(Succeed())
+		Eventually(status(p)).Should(HaveField("Pods", gstruct.PointTo(Equal(v1alpha1.PodCounts{}))))
 	})
 
 	It("reports an Audit policy without touching anything", func() {
