@@ -4,13 +4,18 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 )
 
-// CacheOptions are the manager's cache options for the operator.
+// CacheOptions are the manager's cache options for the operator: pods kept
+// as cachedPods, everything else stripped.
 func CacheOptions() cache.Options {
-	return cache.Options{DefaultTransform: StripForCache}
+	return cache.Options{
+		DefaultTransform: StripForCache,
+		ByObject:         map[client.Object]cache.ByObject{&corev1.Pod{}: {Transform: toCachedPod}},
+	}
 }
 
 // StripForCache keeps of an object what the operator reads from its cache,
@@ -23,8 +28,6 @@ func StripForCache(obj any) (any, error) {
 		m.SetManagedFields(nil)
 	}
 	switch o := obj.(type) {
-	case *corev1.Pod:
-		return stripPod(o), nil
 	case *corev1.Node:
 		return &corev1.Node{
 			TypeMeta:   o.TypeMeta,
@@ -41,22 +44,6 @@ func StripForCache(obj any) (any, error) {
 		}
 	}
 	return obj, nil
-}
-
-func stripPod(p *corev1.Pod) *corev1.Pod {
-	out := &corev1.Pod{
-		TypeMeta: p.TypeMeta,
-		ObjectMeta: metav1.ObjectMeta{
-			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			Labels: p.Labels, OwnerReferences: p.OwnerReferences, DeletionTimestamp: p.DeletionTimestamp,
-		},
-		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork, OS: p.Spec.OS},
-		Status: corev1.PodStatus{Phase: p.Status.Phase},
-	}
-	if p.Spec.SecurityContext != nil && len(p.Spec.SecurityContext.Sysctls) > 0 {
-		out.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: p.Spec.SecurityContext.Sysctls}
-	}
-	return out
 }
 
 // stripWorkload keeps the operator's record of the annotations, and of the

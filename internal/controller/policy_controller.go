@@ -249,19 +249,12 @@ func eachRecorded(ctx context.Context, c client.Reader, ref string, fn func(clie
 }
 
 // running reports whether a pod counts: not finished, not going away.
-func running(pod *corev1.Pod) bool {
-	return pod.DeletionTimestamp == nil && pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
+func running(pod *cachedPod) bool {
+	return pod.DeletionTimestamp == nil && pod.Phase != corev1.PodSucceeded && pod.Phase != corev1.PodFailed
 }
 
-func podView(pod *corev1.Pod) keepalive.PodView {
-	v := keepalive.PodView{Labels: pod.Labels, Annotations: pod.Annotations, HostNetwork: pod.Spec.HostNetwork}
-	if pod.Spec.OS != nil {
-		v.OS = string(pod.Spec.OS.Name)
-	}
-	if pod.Spec.SecurityContext != nil {
-		v.Sysctls = pod.Spec.SecurityContext.Sysctls
-	}
-	return v
+func podView(pod *cachedPod) keepalive.PodView {
+	return keepalive.PodView{Labels: pod.Labels, HostNetwork: pod.HostNetwork, OS: pod.OS, Sysctls: pod.Keepalive}
 }
 
 // nodeInfo returns the kubelet and kernel of a node, nil for an unscheduled

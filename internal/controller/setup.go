@@ -16,9 +16,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -34,11 +36,8 @@ import (
 
 // Cache indexes.
 const (
-	// indexOwner is "Kind/name" of the controller of a pod, a ReplicaSet or
-	// a Job.
+	// indexOwner is "Kind/name" of the controller of a ReplicaSet or a Job.
 	indexOwner = "keepalive.io/owner"
-	// indexNode is the node of a pod.
-	indexNode = "keepalive.io/node"
 	// indexRecord is the policy the record of a workload names.
 	indexRecord = "keepalive.io/record"
 )
@@ -55,7 +54,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if opts.MaxConcurrentReconciles == 0 {
 		opts.MaxConcurrentReconciles = 4
 	}
-	idx := &indexes{indexer: mgr.GetFieldIndexer()}
+	idx := &indexes{cache: mgr.GetCache()}
 	c := mgr.GetClient()
 	recorder := mgr.GetEventRecorder("keepalive-operator")
 	policies := newPolicySet(c)
@@ -76,7 +75,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		}
 	}
 	m := &mapper{client: c, cluster: opts.Cluster, policies: policies, events: recorder, indexes: idx}
-	t := newTally(mgr.GetCache(), c, opts.Cluster, policies, notify)
+	t := newTally(mgr.GetCache(), c, idx, opts.Cluster, policies, notify)
 	if err := mgr.Add(indexedFirst{idx, t}); err != nil {
 		return err
 	}
@@ -167,9 +166,11 @@ func (q *queue[T]) addAfter(d time.Duration, items ...T) {
 // an index makes its informer start, and a replica that only serves the
 // webhook need not cache pods and workloads.
 type indexes struct {
-	indexer client.FieldIndexer
-	once    sync.Once
-	err     error
+	cache cache.Cache
+	once  sync.Once
+	err   error
+	// pods reads the pod informer's store, there once ensure returned.
+	pods podStore
 }
 
 func (i *indexes) ensure(ctx context.Context) error {
@@ -184,19 +185,22 @@ func (i *indexes) add(ctx context.Context) error {
 		}
 		return nil
 	}
+	inf, err := i.cache.GetInformer(ctx, &corev1.Pod{})
+	if err != nil {
+		return fmt.Errorf("get the pod informer: %w", err)
+	}
+	shared, ok := inf.(toolscache.SharedIndexInformer)
+	if !ok {
+		return fmt.Errorf("the pod informer is a %T, not a SharedIndexInformer", inf)
+	}
+	i.pods = podStore{indexer: shared.GetIndexer()}
+	// Pods carry no index of the operator's: each costs memory per pod.
 	errs := []error{
-		i.indexer.IndexField(ctx, &corev1.Pod{}, indexOwner, byOwner),
-		i.indexer.IndexField(ctx, &appsv1.ReplicaSet{}, indexOwner, byOwner),
-		i.indexer.IndexField(ctx, &batchv1.Job{}, indexOwner, byOwner),
-		i.indexer.IndexField(ctx, &corev1.Pod{}, indexNode, func(o client.Object) []string {
-			if n := o.(*corev1.Pod).Spec.NodeName; n != "" {
-				return []string{n}
-			}
-			return nil
-		}),
+		i.cache.IndexField(ctx, &appsv1.ReplicaSet{}, indexOwner, byOwner),
+		i.cache.IndexField(ctx, &batchv1.Job{}, indexOwner, byOwner),
 	}
 	for _, kind := range patchableKinds {
-		errs = append(errs, i.indexer.IndexField(ctx, newWorkload(kind), indexRecord, func(o client.Object) []string {
+		errs = append(errs, i.cache.IndexField(ctx, newWorkload(kind), indexRecord, func(o client.Object) []string {
 			if p := recordPolicy(o); p != "" {
 				return []string{p}
 			}
@@ -325,8 +329,8 @@ func containsValue(list []corev1.Sysctl, s corev1.Sysctl) bool {
 // never patched is patched only then.
 func (m *mapper) podToWorkload() handler.TypedEventHandler[client.Object, workloadKey] {
 	check := func(ctx context.Context, obj client.Object, q workloadQueue) {
-		pod, ok := obj.(*corev1.Pod)
-		if !ok || !running(pod) || metav1.GetControllerOf(pod) == nil {
+		pod, ok := obj.(*cachedPod)
+		if !ok || !running(pod) || pod.OwnerKind == "" {
 			return
 		}
 		d, ok := m.decide(ctx, pod)
@@ -350,7 +354,7 @@ func (m *mapper) podToWorkload() handler.TypedEventHandler[client.Object, worklo
 }
 
 // decide is the admission decision for a pod as it is now.
-func (m *mapper) decide(ctx context.Context, pod *corev1.Pod) (keepalive.Decision, bool) {
+func (m *mapper) decide(ctx context.Context, pod *cachedPod) (keepalive.Decision, bool) {
 	ns, ok := m.namespace(ctx, pod.Namespace)
 	if !ok {
 		return keepalive.Decision{}, false

@@ -29,6 +29,7 @@ import (
 type tally struct {
 	cache    cache.Cache
 	client   client.Reader
+	indexes  *indexes
 	cluster  func() keepalive.Cluster
 	policies *policySet
 	// notify is told of each policy whose counts changed.
@@ -54,8 +55,8 @@ type contribution struct {
 	unpatchable bool
 }
 
-func newTally(ca cache.Cache, c client.Reader, cluster func() keepalive.Cluster, policies *policySet, notify func(string)) *tally {
-	return &tally{cache: ca, client: c, cluster: cluster, policies: policies, notify: notify,
+func newTally(ca cache.Cache, c client.Reader, idx *indexes, cluster func() keepalive.Cluster, policies *policySet, notify func(string)) *tally {
+	return &tally{cache: ca, client: c, indexes: idx, cluster: cluster, policies: policies, notify: notify,
 		pods: map[string]podEntry{}, counts: map[keepalive.Ref]*podTally{}}
 }
 
@@ -124,22 +125,14 @@ func (t *tally) get(ref keepalive.Ref) (podTally, bool) {
 	return out, true
 }
 
-func podKey(pod *corev1.Pod) string { return pod.Namespace + "/" + pod.Name }
-
-func asPod(o any) (*corev1.Pod, bool) {
-	if tomb, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
-		o = tomb.Obj
-	}
-	pod, ok := o.(*corev1.Pod)
-	return pod, ok
-}
+func podKey(pod *cachedPod) string { return pod.Namespace + "/" + pod.Name }
 
 // podUpdated recounts a pod when something its counts depend on changed;
 // the many status updates of running pods change nothing.
 func (t *tally) podUpdated(ctx context.Context, old, o any) {
-	before, ok1 := asPod(old)
-	after, ok2 := asPod(o)
-	if ok1 && ok2 && running(before) == running(after) && before.Spec.NodeName == after.Spec.NodeName &&
+	before, ok1 := asCachedPod(old)
+	after, ok2 := asCachedPod(o)
+	if ok1 && ok2 && running(before) == running(after) && before.NodeName == after.NodeName &&
 		equality.Semantic.DeepEqual(before.Labels, after.Labels) {
 		return
 	}
@@ -149,25 +142,22 @@ func (t *tally) podUpdated(ctx context.Context, old, o any) {
 // podChanged counts a pod as the caches have it now, or drops it when it
 // is gone.
 func (t *tally) podChanged(ctx context.Context, o any) {
-	pod, ok := asPod(o)
+	pod, ok := asCachedPod(o)
 	if !ok {
 		return
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	changed := map[keepalive.Ref]bool{}
-	live := &corev1.Pod{}
-	if err := t.client.Get(ctx, client.ObjectKeyFromObject(pod), live); err != nil {
-		live = nil // deleted
-	}
-	t.set(podKey(pod), t.entry(ctx, live, nil), changed)
+	current, _ := t.indexes.pods.get(pod.Namespace, pod.Name) // nil once deleted
+	t.set(podKey(pod), t.entry(ctx, current, nil), changed)
 	t.tell(changed)
 }
 
 // entry computes what a pod adds to the counts: for every policy in force
 // that selects it, or for only (when not nil) one of them. A pod that is
 // gone or not running adds nothing.
-func (t *tally) entry(ctx context.Context, pod *corev1.Pod, only *keepalive.Policy) podEntry {
+func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Policy) podEntry {
 	if pod == nil || !running(pod) {
 		return podEntry{}
 	}
@@ -188,7 +178,7 @@ func (t *tally) entry(ctx context.Context, pod *corev1.Pod, only *keepalive.Poli
 		pols = append(namespaced, cluster...)
 	}
 	target := keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels, NamespaceLabels: ns.Labels}
-	e := podEntry{node: pod.Spec.NodeName}
+	e := podEntry{node: pod.NodeName}
 	var node *keepalive.NodeInfo
 	nodeRead := false
 	cluster := t.cluster()
@@ -198,7 +188,7 @@ func (t *tally) entry(ctx context.Context, pod *corev1.Pod, only *keepalive.Poli
 			continue
 		}
 		if !nodeRead {
-			node, _ = nodeInfo(ctx, t.client, nil, pod.Spec.NodeName)
+			node, _ = nodeInfo(ctx, t.client, nil, pod.NodeName)
 			nodeRead = true
 		}
 		c := contribution{policy: p.Ref}
@@ -339,17 +329,12 @@ func (t *tally) recountPolicy(ctx context.Context, obj policyObject) {
 	if !ok {
 		return
 	}
-	var pods corev1.PodList
-	opts := []client.ListOption{client.UnsafeDisableDeepCopy}
-	if ref.Kind == keepalive.KindKeepalivePolicy {
-		opts = append(opts, client.InNamespace(ref.Namespace))
-	}
-	if err := t.client.List(ctx, &pods, opts...); err != nil {
+	pods, err := t.indexes.pods.inNamespace(ref.Namespace) // every namespace for a cluster policy
+	if err != nil {
 		logf.FromContext(ctx).Error(err, "recount a policy's pods", "policy", ref.String())
 		return
 	}
-	for i := range pods.Items {
-		pod := &pods.Items[i]
+	for _, pod := range pods {
 		c := t.entry(ctx, pod, &pol)
 		if len(c.policies) == 0 {
 			continue
@@ -376,7 +361,7 @@ func (t *tally) namespaceUpdated(ctx context.Context, old, o any) {
 		keepalive.Namespace{Name: after.Name, Labels: after.Labels}, t.cluster(), append(namespaced, cluster...)) {
 		return
 	}
-	t.recountPods(ctx, client.InNamespace(after.Name))
+	t.recountPods(ctx, after.Name, func(*cachedPod) bool { return true })
 }
 
 // nodeUpdated recounts the pods of a node whose kubelet or kernel changed.
@@ -387,20 +372,24 @@ func (t *tally) nodeUpdated(ctx context.Context, old, o any) {
 		before.Status.NodeInfo.KernelVersion == after.Status.NodeInfo.KernelVersion {
 		return
 	}
-	t.recountPods(ctx, client.MatchingFields{indexNode: after.Name})
+	// Rare enough (an upgrade) to look at every pod.
+	t.recountPods(ctx, "", func(p *cachedPod) bool { return p.NodeName == after.Name })
 }
 
-func (t *tally) recountPods(ctx context.Context, opts ...client.ListOption) {
-	var pods corev1.PodList
-	if err := t.client.List(ctx, &pods, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
+// recountPods recounts the pods of a namespace ("" for all) that match.
+func (t *tally) recountPods(ctx context.Context, namespace string, match func(*cachedPod) bool) {
+	pods, err := t.indexes.pods.inNamespace(namespace)
+	if err != nil {
 		logf.FromContext(ctx).Error(err, "recount pods")
 		return
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	changed := map[keepalive.Ref]bool{}
-	for i := range pods.Items {
-		t.set(podKey(&pods.Items[i]), t.entry(ctx, &pods.Items[i], nil), changed)
+	for _, pod := range pods {
+		if match(pod) {
+			t.set(podKey(pod), t.entry(ctx, pod, nil), changed)
+		}
 	}
 	t.tell(changed)
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -267,24 +268,21 @@ func (r *workloadReconciler) hasStalePods(ctx context.Context, key workloadKey, 
 		owners = owners[:0]
 		_ = eachObject(list, func(o client.Object) { owners = append(owners, kindOfOwned(o)+"/"+o.GetName()) })
 	}
+	pods, err := r.indexes.pods.inNamespace(key.Namespace)
+	if err != nil {
+		return false, err
+	}
 	cluster := r.cluster()
-	for _, owner := range owners {
-		var pods corev1.PodList
-		if err := r.client.List(ctx, &pods, client.InNamespace(key.Namespace), client.MatchingFields{indexOwner: owner}, client.UnsafeDisableDeepCopy); err != nil {
-			return false, fmt.Errorf("list pods of %s: %w", owner, err)
+	for _, pod := range pods {
+		if !running(pod) || !slices.Contains(owners, pod.OwnerKind+"/"+pod.OwnerName) {
+			continue
 		}
-		for i := range pods.Items {
-			pod := &pods.Items[i]
-			if !running(pod) {
-				continue
-			}
-			node, err := r.nodeInfo(ctx, pod.Spec.NodeName)
-			if err != nil {
-				return false, err
-			}
-			if state, _ := keepalive.Classify(podView(pod), ns, cluster, pol, node); state == keepalive.PodStale {
-				return true, nil
-			}
+		node, err := r.nodeInfo(ctx, pod.NodeName)
+		if err != nil {
+			return false, err
+		}
+		if state, _ := keepalive.Classify(podView(pod), ns, cluster, pol, node); state == keepalive.PodStale {
+			return true, nil
 		}
 	}
 	return false, nil

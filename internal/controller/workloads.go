@@ -252,27 +252,26 @@ func templatePatch(kind, resourceVersion string, d keepalive.Template) client.Pa
 // StatefulSet, DaemonSet or bare ReplicaSet. patchable is false for pods of a
 // Job without CronJob, bare pods and pods of other controllers; key then
 // names what owns them, if anything.
-func owner(ctx context.Context, c client.Reader, pod *corev1.Pod) (key workloadKey, patchable bool, err error) {
-	ref := metav1.GetControllerOf(pod)
-	if ref == nil {
+func owner(ctx context.Context, c client.Reader, pod *cachedPod) (key workloadKey, patchable bool, err error) {
+	if pod.OwnerKind == "" {
 		return workloadKey{}, false, nil
 	}
-	key = workloadKey{Kind: ref.Kind, Namespace: pod.Namespace, Name: ref.Name}
+	key = workloadKey{Kind: pod.OwnerKind, Namespace: pod.Namespace, Name: pod.OwnerName}
 	var parent client.Object
-	switch {
-	case ref.Kind == kindReplicaSet && ref.APIVersion == "apps/v1":
+	switch pod.OwnerKind {
+	case kindReplicaSet:
 		parent = &appsv1.ReplicaSet{}
-	case ref.Kind == kindJob && ref.APIVersion == "batch/v1":
+	case kindJob:
 		parent = &batchv1.Job{}
-	case (ref.Kind == kindStatefulSet || ref.Kind == kindDaemonSet) && ref.APIVersion == "apps/v1":
+	case kindStatefulSet, kindDaemonSet:
 		return key, true, nil
 	default:
 		return key, false, nil
 	}
-	if err := c.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: ref.Name}, parent); err != nil {
+	if err := c.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: pod.OwnerName}, parent); err != nil {
 		// A ReplicaSet not cached yet is a Deployment's or a bare one:
 		// patchable either way.
-		return key, ref.Kind == kindReplicaSet && apierrors.IsNotFound(err), client.IgnoreNotFound(fmt.Errorf("get %s: %w", key, err))
+		return key, pod.OwnerKind == kindReplicaSet && apierrors.IsNotFound(err), client.IgnoreNotFound(fmt.Errorf("get %s: %w", key, err))
 	}
 	up := metav1.GetControllerOf(parent)
 	switch {
@@ -280,7 +279,7 @@ func owner(ctx context.Context, c client.Reader, pod *corev1.Pod) (key workloadK
 		return workloadKey{Kind: kindDeployment, Namespace: pod.Namespace, Name: up.Name}, true, nil
 	case up != nil && up.Kind == kindCronJob && up.APIVersion == "batch/v1":
 		return workloadKey{Kind: kindCronJob, Namespace: pod.Namespace, Name: up.Name}, true, nil
-	case up == nil && ref.Kind == kindReplicaSet:
+	case up == nil && pod.OwnerKind == kindReplicaSet:
 		return key, true, nil
 	}
 	return key, false, nil

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -191,30 +192,48 @@ func TestTemplatePatch(t *testing.T) {
 	}
 }
 
-func TestStripForCache(t *testing.T) {
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", Labels: map[string]string{"app": "x"}, Annotations: map[string]string{"big": "x"},
-			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
-		Spec: corev1.PodSpec{NodeName: "n", Containers: []corev1.Container{{Name: "c", Image: "i"}},
-			SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: new(true), Sysctls: []corev1.Sysctl{{Name: "a", Value: "1"}}}},
-		Status: corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady}}},
+func TestCachedPod(t *testing.T) {
+	pod := func(name string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", Labels: map[string]string{"app": "x", "pod-template-hash": "abc"},
+				Annotations: map[string]string{"big": "x"}, ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "x-abc", Controller: new(true)}}},
+			Spec: corev1.PodSpec{NodeName: "n", Containers: []corev1.Container{{Name: "c", Image: "i"}}, OS: &corev1.PodOS{Name: corev1.Linux},
+				SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: new(true), Sysctls: []corev1.Sysctl{{Name: "a", Value: "1"}, {Name: keepalive.SysctlTime, Value: "175"}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady}}},
+		}
 	}
-	out, _ := StripForCache(pod)
-	p := out.(*corev1.Pod)
-	if p.Name != "p" || p.Labels["app"] != "x" || p.Spec.NodeName != "n" || p.Status.Phase != corev1.PodRunning ||
-		len(p.Spec.SecurityContext.Sysctls) != 1 {
-		t.Errorf("stripped away what is read: %+v", p)
+	out, _ := toCachedPod(pod("p1"))
+	p := out.(*cachedPod)
+	want := &cachedPod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p1", Namespace: "ns", Labels: map[string]string{"app": "x", "pod-template-hash": "abc"}},
+		OwnerKind:  "ReplicaSet", OwnerName: "x-abc", NodeName: "n", Phase: corev1.PodRunning, OS: "linux",
+		Keepalive: []corev1.Sysctl{{Name: keepalive.SysctlTime, Value: "175"}},
 	}
-	if p.Annotations != nil || p.ManagedFields != nil || p.Spec.Containers != nil || p.Status.Conditions != nil || p.Spec.SecurityContext.RunAsNonRoot != nil {
-		t.Errorf("kept what is never read: %+v", p)
+	if diff := cmp.Diff(want, p, cmp.AllowUnexported(cachedPod{}), cmpopts.IgnoreFields(cachedPod{}, "labels")); diff != "" {
+		t.Errorf("cached pod (-want +got):\n%s", diff)
 	}
+	// The replicas of one ReplicaSet share one labels map.
+	out2, _ := toCachedPod(pod("p2"))
+	if p2 := out2.(*cachedPod); p2.labels != p.labels {
+		t.Error("two pods with the same labels got two maps")
+	}
+	if cp := p.DeepCopyObject().(*cachedPod); cp == p || cp.Name != "p1" || cp.Labels["app"] != "x" {
+		t.Errorf("DeepCopyObject = %+v", cp)
+	}
+	// Anything else passes unchanged.
+	if ns := (&corev1.Namespace{}); func() any { o, _ := toCachedPod(ns); return o }() != ns {
+		t.Error("a namespace was transformed")
+	}
+}
 
+func TestStripForCache(t *testing.T) {
 	d := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "d", Annotations: map[string]string{"keepalive.io/managed-sysctls": "{}", "kubectl.kubernetes.io/last-applied-configuration": "{...}"}},
 		Spec:       appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}}},
 		Status:     appsv1.DeploymentStatus{ObservedGeneration: 2},
 	}
-	out, _ = StripForCache(d)
+	out, _ := StripForCache(d)
 	d = out.(*appsv1.Deployment)
 	if len(d.Annotations) != 1 || d.Annotations["keepalive.io/managed-sysctls"] != "{}" || d.Spec.Template.Spec.Containers != nil || d.Status.ObservedGeneration != 2 {
 		t.Errorf("deployment stripped wrongly: %+v", d)
