@@ -506,20 +506,6 @@ func compile(obj policyObject) (keepalive.Policy, error) {
 	return keepalive.Policy{}, fmt.Errorf("not a policy: %T", obj)
 }
 
-// policiesOfKind returns the policies in force of a kind that may apply in a
-// namespace.
-func (m *mapper) policiesOfKind(ctx context.Context, kind, namespace string) []keepalive.Policy {
-	namespaced, cluster, err := m.policies.inScope(ctx, namespace)
-	if err != nil {
-		logf.FromContext(ctx).Error(err, "list policies")
-		return nil
-	}
-	if kind == keepalive.KindKeepalivePolicy {
-		return namespaced
-	}
-	return cluster
-}
-
 func requestFor(ref keepalive.Ref) reconcile.Request {
 	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}}
 }

@@ -166,16 +166,16 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 		return podEntry{} // a namespace event recounts its pods once it is cached
 	}
 	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
-	pols := []keepalive.Policy{}
+	var pols []keepalive.Policy
 	if only != nil {
-		pols = append(pols, *only)
+		pols = []keepalive.Policy{*only}
 	} else {
 		namespaced, cluster, err := t.policies.inScope(ctx, pod.Namespace)
 		if err != nil {
 			logf.FromContext(ctx).Error(err, "count a pod")
 			return podEntry{}
 		}
-		pols = append(namespaced, cluster...)
+		pols = slices.Concat(namespaced, cluster)
 	}
 	target := keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels, NamespaceLabels: ns.Labels}
 	e := podEntry{node: pod.NodeName}

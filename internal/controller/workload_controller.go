@@ -64,12 +64,12 @@ func (r *workloadReconciler) Reconcile(ctx context.Context, key workloadKey) (re
 	}
 	retryIn := r.observeSlot(ctx, key, obj)
 
-	res, err := r.converge(ctx, key, obj)
+	err := r.converge(ctx, key, obj)
 	if apierrors.IsConflict(err) {
 		// The cache lags the API server: decide again on what is there.
 		fresh := newWorkload(key.Kind)
 		if err = r.live.Get(ctx, key.objectKey(), fresh); err == nil {
-			res, err = r.converge(ctx, key, fresh)
+			err = r.converge(ctx, key, fresh)
 		}
 	}
 	if apierrors.IsNotFound(err) {
@@ -79,10 +79,7 @@ func (r *workloadReconciler) Reconcile(ctx context.Context, key workloadKey) (re
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if retryIn > 0 && (res.RequeueAfter == 0 || retryIn < res.RequeueAfter) {
-		res.RequeueAfter = retryIn
-	}
-	return res, nil
+	return ctrl.Result{RequeueAfter: retryIn}, nil
 }
 
 // forget drops what is known of a workload that is gone.
@@ -116,15 +113,16 @@ func (r *workloadReconciler) observeSlot(ctx context.Context, key workloadKey, o
 }
 
 // converge decides on obj and writes the change, within the rollout limit.
-func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj client.Object) (ctrl.Result, error) {
+func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj client.Object) error {
 	var ns corev1.Namespace
 	if err := r.client.Get(ctx, client.ObjectKey{Name: key.Namespace}, &ns); err != nil {
-		// Not in the cache yet, or going away with its workloads: retried.
-		return ctrl.Result{}, fmt.Errorf("get namespace %s: %w", key.Namespace, err)
+		// Not in the cache yet, or going away with its workloads: retried,
+		// never taken for the workload being gone.
+		return fmt.Errorf("get namespace %s: %s", key.Namespace, err.Error())
 	}
 	namespaced, cluster, err := r.policies.inScope(ctx, key.Namespace)
 	if err != nil {
-		return ctrl.Result{}, err
+		return err
 	}
 	tmpl := podTemplate(obj)
 	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
@@ -135,7 +133,7 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 		d := keepalive.DesiredTemplate(templateView(tmpl), nil, nsView, r.cluster(), namespaced, cluster)
 		r.fail(ctx, key, obj, governing(d, nil), ReasonRecordBroken,
 			fmt.Sprintf("%v; the template is left as it is until the annotation is fixed or removed", recErr))
-		return ctrl.Result{}, nil
+		return nil
 	}
 	var prev *keepalive.Managed
 	if hasRecord {
@@ -145,7 +143,7 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 	policy := governing(d, prev)
 	if !d.Changed() {
 		r.settled(key)
-		return ctrl.Result{}, nil
+		return nil
 	}
 	if prev == nil {
 		// A template the operator never patched is patched only when its
@@ -153,7 +151,7 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 		// rolled for nothing.
 		stale, err := r.hasStalePods(ctx, key, nsView, d.Policy)
 		if err != nil || !stale {
-			return ctrl.Result{}, err
+			return err
 		}
 	}
 
@@ -164,7 +162,7 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 			if joined {
 				r.notify(policy)
 			}
-			return ctrl.Result{}, nil
+			return nil
 		}
 	} else if p, was := r.slots.leaveQueue(key); was {
 		r.notify(p)
@@ -179,10 +177,10 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 			r.wake(wake...)
 		}
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-			return ctrl.Result{}, err
+			return err
 		}
 		r.fail(ctx, key, obj, policy, ReasonWriteFailed, err.Error())
-		return ctrl.Result{}, fmt.Errorf("patch %s: %w", key, err)
+		return fmt.Errorf("patch %s: %w", key, err)
 	}
 	if needsSlot {
 		r.slots.started(key, written.GetGeneration(), updatedReplicas(obj))
@@ -206,7 +204,7 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 		}
 		logf.FromContext(ctx).Info("pod template patched", "workload", key.String(), "sysctls", keepalive.Describe(d.Sysctls), "policy", policy)
 	}
-	return ctrl.Result{}, nil
+	return nil
 }
 
 // governing names the policy a change is for: the one whose values the

@@ -181,7 +181,7 @@ func TestDesiredTemplate(t *testing.T) {
 }
 
 var cmpNilEmpty = cmp.Comparer(func(a, b []corev1.Sysctl) bool {
-	return len(a) == 0 && len(b) == 0 || cmp.Equal([]corev1.Sysctl(a), []corev1.Sysctl(b))
+	return len(a) == 0 && len(b) == 0 || cmp.Equal(a, b)
 })
 
 func slicesReversed(p []Policy) []Policy {
