@@ -103,6 +103,13 @@ bench: ## Benchmark pod admission against its baselines and print the ratios (BE
 	printf "\nhandler %.0f ns/op, %.0f allocs/op\nfloor %.0f ns/op, %.0f allocs/op\ndefaulter %.0f ns/op, %.0f allocs/op\n", h, al["handler"]/c["handler"], f, al["floor"]/c["floor"], d, al["defaulter"]/c["defaulter"]; \
 	printf "handler / floor = %.2f (target <= 1.5)\ndefaulter / handler = %.1f (target >= 3)\n", h/f, d/h }' bench.out
 
+# Flags of hack/benchscale, for example BENCH_SCALE_ARGS="-sizes 1000,5000 -window 10s".
+BENCH_SCALE_ARGS ?=
+
+.PHONY: bench-scale
+bench-scale: ## Measure the reconciler on a real API server at 1,000 to 20,000 pods, both rollout limits, and print the ratios (BENCHMARKS.md).
+	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" go run ./hack/benchscale $(BENCH_SCALE_ARGS)
+
 .PHONY: verify
 verify: manifests generate ## Fail when generated files, go.mod or formatting are out of date.
 	go mod tidy
