@@ -94,12 +94,13 @@ func (b *bench) rows(baseline *result) []row {
 		}},
 		{"operator CPU (s), convergence / whole run", func(r *result) string { return fmt.Sprintf("%.2f / %.2f", r.cpuConverge, r.cpuTotal) }},
 		{"peak RSS (MiB)", func(r *result) string { return fmt.Sprintf("%.1f", mib(r.peakRSS)) }},
-		{fmt.Sprintf("RSS at rest, %s after convergence (MiB)", b.settle), func(r *result) string { return fmt.Sprintf("%.1f", mib(r.restRSS)) }},
+		{"RSS at rest, once the operator is quiet (MiB)", func(r *result) string { return fmt.Sprintf("%.1f", mib(r.restRSS)) }},
+		{"quiet after convergence (s)", func(r *result) string { return fmt.Sprintf("%.1f", r.quietAfter.Seconds()) }},
 		{"bytes per cached pod at rest", func(r *result) string { return fmt.Sprint(bytesPerPod(r, baseline)) }},
 		{"requests from start to the policies", func(r *result) string { return tallyCell(r.startup) }},
 		{"requests during convergence", func(r *result) string { return tallyCell(r.conv) }},
 		{"writes during convergence", func(r *result) string { return format(r.conv.writes) }},
-		{fmt.Sprintf("requests in the %s after convergence", b.settle), func(r *result) string { return tallyCell(r.settle) }},
+		{"requests from convergence until quiet", func(r *result) string { return tallyCell(r.settle) }},
 		{"template writes per Deployment", func(r *result) string {
 			most, twice := writesMax(r)
 			return fmt.Sprintf("max %d; %d of %d written more than once", most, twice, len(r.writes))

@@ -52,6 +52,10 @@ type result struct {
 	// every pod; reflectedOK is false when they did not within 30 s.
 	reflected   time.Duration
 	reflectedOK bool
+	// quietAfter is how long after convergence the operator went quiet:
+	// no request for a few seconds (the events of the convergence are
+	// sent at the client's rate), when the RSS at rest is read.
+	quietAfter time.Duration
 }
 
 // runOne measures one size with one rollout limit on a fresh control plane.
@@ -144,6 +148,10 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 	if err := sleep(ctx, b.settle); err != nil {
 		return nil, err
 	}
+	if err := waitQuiet(ctx, p.auditLog, 3*time.Second, time.Minute); err != nil {
+		return nil, err
+	}
+	res.quietAfter = time.Since(t1)
 	if res.restRSS, _, err = op.memory(); err != nil {
 		return nil, err
 	}
@@ -210,6 +218,25 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 	res.requests = len(reqs)
 	b.progress("%s: done; %d requests by the operator in all, peak RSS %.1f MiB", name, res.requests, mib(res.peakRSS))
 	return res, nil
+}
+
+// waitQuiet waits, at most max, until the operator has sent no request for
+// quiet, so that the steady-state windows see only what their events cause.
+func waitQuiet(ctx context.Context, auditLog string, quiet, max time.Duration) error {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		reqs, err := readAudit(auditLog, operatorUser)
+		if err != nil {
+			return err
+		}
+		if len(reqs) == 0 || time.Since(reqs[len(reqs)-1].at) >= quiet {
+			return nil
+		}
+		if err := sleep(ctx, 500*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // steady runs a window from start: events calls of event, evenly spaced,
