@@ -66,7 +66,6 @@ type policyReconciler[T policyObject] struct {
 	kind       string
 	namespaced bool
 	newObj     func() T
-	newList    func() client.ObjectList
 }
 
 // +kubebuilder:rbac:groups=keepalive.io,resources=keepalivepolicies;clusterkeepalivepolicies,verbs=get;list;watch;update;patch

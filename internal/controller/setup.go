@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -67,7 +68,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		if err != nil {
 			return
 		}
-		req := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: parsed.Namespace, Name: parsed.Name}}
+		req := requestFor(parsed)
 		if parsed.Kind == keepalive.KindClusterKeepalivePolicy {
 			ckapQ.addAfter(opts.StatusDelay, req)
 		} else {
@@ -103,14 +104,12 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	kap := &policyReconciler[*v1alpha1.KeepalivePolicy]{
 		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, tally: t, indexes: idx,
 		kind: keepalive.KindKeepalivePolicy, namespaced: true,
-		newObj:  func() *v1alpha1.KeepalivePolicy { return &v1alpha1.KeepalivePolicy{} },
-		newList: func() client.ObjectList { return &v1alpha1.KeepalivePolicyList{} },
+		newObj: func() *v1alpha1.KeepalivePolicy { return &v1alpha1.KeepalivePolicy{} },
 	}
 	ckap := &policyReconciler[*v1alpha1.ClusterKeepalivePolicy]{
 		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, tally: t, indexes: idx,
-		kind:    keepalive.KindClusterKeepalivePolicy,
-		newObj:  func() *v1alpha1.ClusterKeepalivePolicy { return &v1alpha1.ClusterKeepalivePolicy{} },
-		newList: func() client.ObjectList { return &v1alpha1.ClusterKeepalivePolicyList{} },
+		kind:   keepalive.KindClusterKeepalivePolicy,
+		newObj: func() *v1alpha1.ClusterKeepalivePolicy { return &v1alpha1.ClusterKeepalivePolicy{} },
 	}
 	return errors.Join(
 		setupPolicy(mgr, kap, m, &kapQ, opts.StatusDelay),
@@ -301,7 +300,7 @@ func (m *mapper) recordRemoved(ctx context.Context, key workloadKey, o, n client
 	}
 	sysctls := templateSysctls(podTemplate(n))
 	for _, s := range rec.Set {
-		if !containsValue(sysctls, s) {
+		if !slices.Contains(sysctls, s) {
 			return // the template moved on: not the operator's values any more
 		}
 	}
@@ -313,15 +312,6 @@ func (m *mapper) recordRemoved(ctx context.Context, key workloadKey, o, n client
 	if pol := policyObjectOf(ctx, m.client, rec.Policy); pol != nil {
 		m.events.Eventf(pol, n, corev1.EventTypeWarning, ReasonRecordRemoved, "Rollout", "%s", note)
 	}
-}
-
-func containsValue(list []corev1.Sysctl, s corev1.Sysctl) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // podToWorkload wakes the workload of a new pod (or a relabelled one) that
