@@ -210,3 +210,35 @@ func TestDescribe(t *testing.T) {
 		}
 	}
 }
+
+func TestNamespaceMatters(t *testing.T) {
+	web := mustClusterPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSNLB).ClusterPolicy("web", map[string]string{"team": "web"}))
+	everywhere := mustClusterPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAzureLB).ClusterPolicy("all", nil))
+	local := mustPolicy(t, testobj.Spec().Preset(v1alpha1.PresetAWSALB).Policy("shop", "alb"))
+	c := Cluster{Minor: 36, NamespaceSelector: mustSelector(t, "tier notin (sandbox)")}
+	ns := func(l map[string]string) Namespace { return Namespace{Name: "shop", Labels: l} }
+	cases := map[string]struct {
+		old, updated map[string]string
+		want         bool
+	}{
+		"an unrelated label":                      {map[string]string{"a": "1"}, map[string]string{"a": "2"}, false},
+		"into a policy's namespaceSelector":       {nil, map[string]string{"team": "web"}, true},
+		"out of the operator's namespaceSelector": {nil, map[string]string{"tier": "sandbox"}, true},
+		"opted out":                               {nil, map[string]string{LabelInject: InjectDisabled}, true},
+		"Pod Security pinned to v1.28":            {map[string]string{labelPSAEnforce: "baseline"}, map[string]string{labelPSAEnforce: "baseline", labelPSAEnforceVersion: "v1.28"}, true},
+		"Pod Security moved within safe versions": {map[string]string{labelPSAEnforce: "baseline", labelPSAEnforceVersion: "v1.30"}, map[string]string{labelPSAEnforce: "baseline", labelPSAEnforceVersion: "v1.31"}, false},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := NamespaceMatters(ns(tc.old), ns(tc.updated), c, []Policy{web, everywhere, local}); got != tc.want {
+				t.Errorf("NamespaceMatters = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if !local.SelectsNamespace("shop", nil) || local.SelectsNamespace("other", nil) {
+		t.Error("a KeepalivePolicy selects its own namespace, and only it")
+	}
+	if !everywhere.SelectsNamespace("any", nil) || web.SelectsNamespace("any", nil) || !web.SelectsNamespace("any", map[string]string{"team": "web"}) {
+		t.Error("a ClusterKeepalivePolicy selects by its namespaceSelector")
+	}
+}
