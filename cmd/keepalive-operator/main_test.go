@@ -127,6 +127,28 @@ var _ = Describe("the manager", func() {
 		}, 20*time.Second).Should(HaveKeyWithValue("keepalive.io/policy", "KeepalivePolicy/"+ns.Name+"/nlb"))
 	})
 
+	It("leaves alone the namespaces and pods its scope flags exclude", func() {
+		bg := context.Background()
+		included := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "shop-"}}
+		excluded := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "batch-"}}
+		Expect(k8sClient.Create(bg, included)).To(Succeed())
+		Expect(k8sClient.Create(bg, excluded)).To(Succeed())
+		start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0",
+			"--excluded-namespaces", "kube-node-lease,"+excluded.Name, "--object-selector", "tier notin (batch)")
+		for _, ns := range []string{included.Name, excluded.Name} {
+			Expect(k8sClient.Create(bg, testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns, "nlb"))).To(Succeed())
+		}
+		admitted := func(ns string, labels map[string]string) map[string]string {
+			pod := testobj.MakePod(ns, "app").Labels(labels).Obj()
+			Expect(k8sClient.Create(bg, pod, client.DryRunAll)).To(Succeed())
+			return pod.Annotations
+		}
+		Eventually(admitted, 20*time.Second).WithArguments(included.Name, map[string]string(nil)).
+			Should(HaveKeyWithValue("keepalive.io/policy", "KeepalivePolicy/"+included.Name+"/nlb"))
+		Expect(admitted(excluded.Name, nil)).NotTo(HaveKey("keepalive.io/policy"))
+		Expect(admitted(included.Name, map[string]string{"tier": "batch"})).NotTo(HaveKey("keepalive.io/policy"))
+	})
+
 	It("refuses metrics to a client that does not authenticate", func() {
 		probes, metrics := freeAddr(), freeAddr()
 		start("--health-probe-bind-address", probes, "--metrics-bind-address", metrics)
