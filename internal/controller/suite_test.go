@@ -79,7 +79,7 @@ var _ = BeforeSuite(func() {
 		Expect(Setup(mgr, Options{
 			Cluster:               func() keepalive.Cluster { return cluster },
 			MaxConcurrentRollouts: maxRollouts,
-			ProgressDeadline:      5 * time.Second,
+			ProgressDeadline:      8 * time.Second,
 			StatusDelay:           200 * time.Millisecond,
 		})).To(Succeed())
 		mctx, cancel := context.WithCancel(ctx)

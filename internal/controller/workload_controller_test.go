@@ -379,7 +379,7 @@ var _ = Describe("rollout slots", Serial, func() {
 		Eventually(status(pOther)).Should(HaveField("Workloads.Pending", BeEquivalentTo(1)))
 
 		By("the StatefulSet that makes no progress frees its slot at the deadline")
-		Eventually(eventsOf, 15*time.Second).WithArguments(stuck, ReasonRolloutStuck).Should(HaveLen(1))
+		Eventually(eventsOf, 20*time.Second).WithArguments(stuck, ReasonRolloutStuck).Should(HaveLen(1))
 		Eventually(eventsOf).WithArguments(pStuck, ReasonRolloutStuck).Should(HaveLen(1))
 		Eventually(patchedNow).Should(Equal(maxRollouts))
 
