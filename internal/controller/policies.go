@@ -75,18 +75,21 @@ func (s *policySet) compile(obj policyObject) (keepalive.Policy, error) {
 	if c, ok := s.compiled[ref]; ok && c.uid == obj.GetUID() && c.generation == obj.GetGeneration() {
 		return c.pol, c.err
 	}
-	var (
-		pol keepalive.Policy
-		err error
-	)
-	switch o := obj.(type) {
-	case *v1alpha1.KeepalivePolicy:
-		pol, err = keepalive.NewPolicy(o)
-	case *v1alpha1.ClusterKeepalivePolicy:
-		pol, err = keepalive.NewClusterPolicy(o)
-	}
+	pol, err := compile(obj)
 	s.compiled[ref] = compiled{uid: obj.GetUID(), generation: obj.GetGeneration(), pol: pol, err: err}
 	return pol, err
+}
+
+// compile parses and computes a policy object as it is; the mappers call
+// it without the memo, for an older generation.
+func compile(obj policyObject) (keepalive.Policy, error) {
+	switch o := obj.(type) {
+	case *v1alpha1.KeepalivePolicy:
+		return keepalive.NewPolicy(o)
+	case *v1alpha1.ClusterKeepalivePolicy:
+		return keepalive.NewClusterPolicy(o)
+	}
+	return keepalive.Policy{}, fmt.Errorf("not a policy: %T", obj)
 }
 
 func (s *policySet) forget(ref keepalive.Ref) {

@@ -484,18 +484,6 @@ func (m *mapper) policyWorkloads(ctx context.Context, objs ...client.Object) []w
 	return keys
 }
 
-// compile parses a policy object as it is, without the memo: it may be an
-// older generation.
-func compile(obj policyObject) (keepalive.Policy, error) {
-	switch o := obj.(type) {
-	case *v1alpha1.KeepalivePolicy:
-		return keepalive.NewPolicy(o)
-	case *v1alpha1.ClusterKeepalivePolicy:
-		return keepalive.NewClusterPolicy(o)
-	}
-	return keepalive.Policy{}, fmt.Errorf("not a policy: %T", obj)
-}
-
 func requestFor(ref keepalive.Ref) reconcile.Request {
 	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}}
 }

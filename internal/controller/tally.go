@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -249,7 +250,7 @@ func (t *tally) add(c contribution, node, podKey string, n int32) {
 		}
 		switch c.reason {
 		case keepalive.SkipPodSecurityVersion:
-			ns, _, _ := cutKey(podKey)
+			ns, _, _ := strings.Cut(podKey, "/")
 			bump(pt.blockedNamespaces, ns, n)
 		case keepalive.SkipNodeKubelet, keepalive.SkipNodeKernel:
 			bump(pt.blockedNodes, node, n)
@@ -261,15 +262,6 @@ func bump[K comparable](m map[K]int32, k K, n int32) {
 	if m[k] += n; m[k] <= 0 {
 		delete(m, k)
 	}
-}
-
-func cutKey(key string) (namespace, name string, ok bool) {
-	for i := range key {
-		if key[i] == '/' {
-			return key[:i], key[i+1:], true
-		}
-	}
-	return "", key, false
 }
 
 func (t *tally) tell(changed map[keepalive.Ref]bool) {

@@ -275,7 +275,7 @@ func (r *workloadReconciler) hasStalePods(ctx context.Context, key workloadKey, 
 		if !running(pod) || !slices.Contains(owners, pod.OwnerKind+"/"+pod.OwnerName) {
 			continue
 		}
-		node, err := r.nodeInfo(ctx, pod.NodeName)
+		node, err := nodeInfo(ctx, r.client, nil, pod.NodeName)
 		if err != nil {
 			return false, err
 		}
@@ -284,10 +284,6 @@ func (r *workloadReconciler) hasStalePods(ctx context.Context, key workloadKey, 
 		}
 	}
 	return false, nil
-}
-
-func (r *workloadReconciler) nodeInfo(ctx context.Context, name string) (*keepalive.NodeInfo, error) {
-	return nodeInfo(ctx, r.client, nil, name)
 }
 
 // rolloutsUnderWay lists the workloads with a record of the operator that
