@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -15,21 +14,16 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
 )
 
 const (
-	// operatorUser is the user the operator authenticates as: the audit
-	// log records only its requests.
-	operatorUser = "keepalive-operator"
 	// operatorNamespace is the operator's own namespace, which it never
 	// injects.
 	operatorNamespace = "keepalive-system"
@@ -46,21 +40,9 @@ const (
 	hashLabel  = appsv1.DefaultDeploymentUniqueLabelKey
 )
 
-// auditPolicy records the operator's requests, and nobody else's, at level
-// Metadata (who, what, when: no bodies), once each: without the
-// RequestReceived stage.
-const auditPolicy = `apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-- level: Metadata
-  users: [` + operatorUser + `]
-- level: None
-`
-
 // plane is a running kube-apiserver and etcd.
 type plane struct {
-	env *envtest.Environment
+	env *testenv.Env
 	// c is an administrator's client, fast enough to set a run up in
 	// seconds. Its requests are not the operator's and are not counted.
 	c   client.Client
@@ -70,52 +52,21 @@ type plane struct {
 	auditLog   string
 }
 
-func newScheme() (*kruntime.Scheme, error) {
-	s := kruntime.NewScheme()
-	return s, errors.Join(clientgoscheme.AddToScheme(s), v1alpha1.AddToScheme(s))
-}
-
-// startPlane starts a control plane that writes its audit log into dir,
-// with the operator's CRDs installed and a user for the operator.
-func startPlane(root, dir string, scheme *kruntime.Scheme) (*plane, error) {
-	policy := filepath.Join(dir, "audit-policy.yaml")
-	if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
-		return nil, fmt.Errorf("write the audit policy: %w", err)
-	}
-	p := &plane{
-		auditLog: filepath.Join(dir, "audit.log"),
-		env: &envtest.Environment{
-			CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
-			ErrorIfCRDPathMissing: true,
-		},
-	}
-	p.env.ControlPlane.GetAPIServer().Configure().
-		Set("audit-policy-file", policy).
-		Set("audit-log-path", p.auditLog).
-		Set("audit-log-format", "json").
-		// Every event is written before the response: none is lost when the
-		// server stops.
-		Set("audit-log-mode", "blocking")
-	cfg, err := p.env.Start()
+// startPlane starts a control plane that writes its audit log of the
+// operator's user into dir, with the operator's CRDs installed.
+func startPlane(dir string) (*plane, error) {
+	env, err := testenv.Start(testenv.CRDs|testenv.Audit, nil, dir)
 	if err != nil {
 		return nil, fmt.Errorf("start kube-apiserver and etcd: %w", err)
 	}
-	p.cfg = rest.CopyConfig(cfg)
+	p := &plane{env: env, auditLog: env.AuditLog, kubeconfig: filepath.Join(dir, "operator.kubeconfig")}
+	p.cfg = rest.CopyConfig(env.Config)
 	p.cfg.QPS, p.cfg.Burst = 2000, 4000
-	if p.c, err = client.New(p.cfg, client.Options{Scheme: scheme}); err != nil {
+	if p.c, err = client.New(p.cfg, client.Options{Scheme: env.Scheme}); err != nil {
 		return p, fmt.Errorf("create the admin client: %w", err)
 	}
-	user, err := p.env.AddUser(envtest.User{Name: operatorUser, Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		return p, fmt.Errorf("add user %s: %w", operatorUser, err)
-	}
-	raw, err := user.KubeConfig()
-	if err != nil {
-		return p, fmt.Errorf("kubeconfig of %s: %w", operatorUser, err)
-	}
-	p.kubeconfig = filepath.Join(dir, "operator.kubeconfig")
-	if err := os.WriteFile(p.kubeconfig, raw, 0o600); err != nil {
-		return p, fmt.Errorf("write the operator's kubeconfig: %w", err)
+	if err := env.OperatorKubeconfig(p.kubeconfig); err != nil {
+		return p, fmt.Errorf("kubeconfig of %s: %w", testenv.OperatorUser, err)
 	}
 	return p, nil
 }

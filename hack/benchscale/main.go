@@ -31,7 +31,6 @@ import (
 	"syscall"
 	"time"
 
-	kruntime "k8s.io/apimachinery/pkg/runtime"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -134,7 +133,6 @@ func ints(s string) ([]int, error) {
 type bench struct {
 	options
 	root, tmp, binary string
-	scheme            *kruntime.Scheme
 	started           time.Time
 }
 
@@ -159,9 +157,6 @@ func run() error {
 	defer stop()
 
 	b := &bench{options: o, root: repoRoot(), started: time.Now()}
-	if b.scheme, err = newScheme(); err != nil {
-		return fmt.Errorf("build the scheme: %w", err)
-	}
 	if b.tmp, err = os.MkdirTemp("", "keepalive-bench-scale-"); err != nil {
 		return fmt.Errorf("create a temporary folder: %w", err)
 	}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
 )
 
 // window is what a steady-state window measured.
@@ -70,7 +72,7 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 
 	b.progress("%s: starting kube-apiserver and etcd", name)
 	start := time.Now()
-	p, err := startPlane(b.root, dir, b.scheme)
+	p, err := startPlane(dir)
 	if p != nil {
 		defer func() { err = errors.Join(err, p.stop()) }()
 	}
@@ -79,7 +81,7 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops the watcher before the control plane
-	w, err := startWatcher(ctx, p, b.scheme)
+	w, err := startWatcher(ctx, p, p.env.Scheme)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +202,7 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 	if err := op.stop(); err != nil {
 		return nil, err
 	}
-	reqs, err := readAudit(p.auditLog, operatorUser)
+	reqs, err := readAudit(p.auditLog, testenv.OperatorUser)
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +227,7 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 func waitQuiet(ctx context.Context, auditLog string, quiet, max time.Duration) error {
 	deadline := time.Now().Add(max)
 	for time.Now().Before(deadline) {
-		reqs, err := readAudit(auditLog, operatorUser)
+		reqs, err := readAudit(auditLog, testenv.OperatorUser)
 		if err != nil {
 			return err
 		}
