@@ -76,8 +76,8 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		}
 	}
 	m := &mapper{client: c, cluster: opts.Cluster, policies: policies, events: recorder, indexes: idx}
-	t := newTally(mgr.GetCache(), c, idx, opts.Cluster, policies, notify)
-	if err := mgr.Add(indexedFirst{idx, t}); err != nil {
+	t := newTally(c, idx, opts.Cluster, policies, notify)
+	if err := mgr.Add(t); err != nil {
 		return err
 	}
 
@@ -210,19 +210,6 @@ func (i *indexes) add(ctx context.Context) error {
 		return fmt.Errorf("index the cache: %w", err)
 	}
 	return nil
-}
-
-// indexedFirst starts a runnable of the leader once the indexes are there.
-type indexedFirst struct {
-	indexes *indexes
-	*tally
-}
-
-func (r indexedFirst) Start(ctx context.Context) error {
-	if err := r.indexes.ensure(ctx); err != nil {
-		return err
-	}
-	return r.tally.Start(ctx)
 }
 
 // recordPolicy is the policy the record of one of the operator's workloads

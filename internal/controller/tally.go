@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	toolscache "k8s.io/client-go/tools/cache"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -28,7 +27,6 @@ import (
 // handlers of different informers, run in any order, leave the counts that
 // the caches give.
 type tally struct {
-	cache    cache.Cache
 	client   client.Reader
 	indexes  *indexes
 	cluster  func() keepalive.Cluster
@@ -56,14 +54,18 @@ type contribution struct {
 	unpatchable bool
 }
 
-func newTally(ca cache.Cache, c client.Reader, idx *indexes, cluster func() keepalive.Cluster, policies *policySet, notify func(string)) *tally {
-	return &tally{cache: ca, client: c, indexes: idx, cluster: cluster, policies: policies, notify: notify,
+func newTally(c client.Reader, idx *indexes, cluster func() keepalive.Cluster, policies *policySet, notify func(string)) *tally {
+	return &tally{client: c, indexes: idx, cluster: cluster, policies: policies, notify: notify,
 		pods: map[string]podEntry{}, counts: map[keepalive.Ref]*podTally{}}
 }
 
 // Start feeds the tally from the informers of pods, policies, namespaces
-// and nodes. It needs leader election, like the reconcilers that read it.
+// and nodes, once the indexes are there. It needs leader election, like the
+// reconcilers that read it.
 func (t *tally) Start(ctx context.Context) error {
+	if err := t.indexes.ensure(ctx); err != nil {
+		return err
+	}
 	feeds := []struct {
 		obj      client.Object
 		handlers toolscache.ResourceEventHandlerFuncs
@@ -83,7 +85,7 @@ func (t *tally) Start(ctx context.Context) error {
 		}},
 	}
 	for _, f := range feeds {
-		inf, err := t.cache.GetInformer(ctx, f.obj)
+		inf, err := t.indexes.cache.GetInformer(ctx, f.obj)
 		if err != nil {
 			return fmt.Errorf("get informer for %T: %w", f.obj, err)
 		}
