@@ -88,8 +88,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.excludedNS, "excluded-namespaces", "", "Comma-separated namespaces left alone besides kube-system, kube-public, kube-node-lease and the operator's own: no injection, no template patch, their pods counted as skipped.")
 	fs.StringVar(&o.namespaceSel, "namespace-selector", "", "Label selector (kubectl syntax); namespaces it does not match are left alone like excluded ones. Keep it equal to the webhook's namespaceSelector.")
 	fs.StringVar(&o.objectSel, "object-selector", "", "Label selector (kubectl syntax); pods and pod templates it does not match are left alone. Keep it equal to the webhook's objectSelector.")
-	fs.Float64Var(&o.qps, "kube-api-qps", 50, "Requests per second the operator may send to the API server.")
-	fs.IntVar(&o.burst, "kube-api-burst", 100, "Requests the operator may send in a burst above --kube-api-qps.")
+	fs.Float64Var(&o.qps, "kube-api-qps", 0, "Requests per second the operator may send to the API server; 0 is no limit of its own: the API server's priority and fairness queues them.")
+	fs.IntVar(&o.burst, "kube-api-burst", 0, "With --kube-api-qps: requests the operator may send at once above it; 0 is twice --kube-api-qps.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -106,8 +106,8 @@ func parseFlags(args []string) (options, error) {
 	if o.progressDeadline <= 0 {
 		return o, fmt.Errorf("--rollout-progress-deadline must be positive, is %s", o.progressDeadline)
 	}
-	if o.qps <= 0 || o.burst < 1 {
-		return o, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive, are %g and %d", o.qps, o.burst)
+	if o.qps < 0 || o.burst < 0 {
+		return o, fmt.Errorf("--kube-api-qps and --kube-api-burst must be 0 or more, are %g and %d", o.qps, o.burst)
 	}
 	for _, ns := range splitList(o.excludedNS) {
 		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
@@ -123,6 +123,21 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("--webhook-port must be between 1 and 65535, is %d", o.webhookPort)
 	}
 	return o, nil
+}
+
+// limitClient sets the client's rate limit from the flags, whatever the
+// kubeconfig says: client-go's default is 5 requests per second. With none,
+// as in controller-runtime, the API server's priority and fairness queues
+// the requests; the operator's own are few per workload and policy change.
+func limitClient(cfg *rest.Config, qps float64, burst int) {
+	if qps == 0 {
+		cfg.QPS, cfg.Burst = -1, 0 // a negative QPS is no rate limiter
+		return
+	}
+	if burst == 0 {
+		burst = max(1, int(2*qps))
+	}
+	cfg.QPS, cfg.Burst = float32(qps), burst
 }
 
 // splitList reads a comma-separated flag, ignoring blanks.
@@ -165,8 +180,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
-	// Whatever the kubeconfig says (client-go's default is 5 per second).
-	cfg.QPS, cfg.Burst = float32(o.qps), o.burst
+	limitClient(cfg, o.qps, o.burst)
 	scheme, err := newScheme()
 	if err != nil {
 		return fmt.Errorf("build scheme: %w", err)

@@ -22,6 +22,8 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
@@ -252,6 +254,7 @@ var _ = DescribeTable("flag errors",
 	Entry("a bad excluded namespace", []string{"--excluded-namespaces", "batch,Not_A_Name"}, `--excluded-namespaces: "Not_A_Name" is not a namespace name`),
 	Entry("a bad namespace selector", []string{"--namespace-selector", "team in (web"}, "--namespace-selector: "),
 	Entry("a bad object selector", []string{"--object-selector", "=x"}, "--object-selector: "),
+	Entry("a negative rate limit", []string{"--kube-api-qps", "-5"}, "--kube-api-qps and --kube-api-burst must be 0 or more, are -5 and 0"),
 	Entry("no progress deadline", []string{"--rollout-progress-deadline", "0s"}, "--rollout-progress-deadline must be positive, is 0s"),
 	Entry("unknown flag", []string{"--metrics-addr", ":8080"}, "flag provided but not defined: -metrics-addr"),
 	Entry("stray argument", []string{"start"}, "unexpected arguments: [start]"),
@@ -263,3 +266,24 @@ var _ = It("defaults to the documented ports", func() {
 	Expect(fmt.Sprint(o.metricsAddr, " ", o.probeAddr, " ", o.webhookPort, " ", o.metricsSecure, " ", o.leaderElect, " ", o.maxRollouts)).
 		To(Equal(":8443 :8081 9443 true false 5"))
 })
+
+var _ = DescribeTable("the client's rate limit, whatever the kubeconfig says",
+	func(args []string, wantQPS float32, wantBurst int) {
+		o, err := parseFlags(args)
+		Expect(err).NotTo(HaveOccurred())
+		cfg := &rest.Config{QPS: 5, Burst: 10} // as a kubeconfig leaves it to client-go
+		limitClient(cfg, o.qps, o.burst)
+		Expect([]any{cfg.QPS, cfg.Burst}).To(Equal([]any{wantQPS, wantBurst}))
+		// The client that the config makes has a rate limiter only when asked.
+		c, err := rest.RESTClientFor(&rest.Config{Host: "https://127.0.0.1:1", QPS: cfg.QPS, Burst: cfg.Burst,
+			ContentConfig: rest.ContentConfig{GroupVersion: &corev1.SchemeGroupVersion, NegotiatedSerializer: scheme.Codecs.WithoutConversion()}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(c.GetRateLimiter() == nil).To(Equal(wantQPS < 0))
+		if wantQPS > 0 {
+			Expect(c.GetRateLimiter().QPS()).To(Equal(wantQPS))
+		}
+	},
+	Entry("none by default: the API server's priority and fairness", nil, float32(-1), 0),
+	Entry("a limit and twice as much at once", []string{"--kube-api-qps", "20"}, float32(20), 40),
+	Entry("a limit and a burst", []string{"--kube-api-qps", "20", "--kube-api-burst", "25"}, float32(20), 25),
+)

@@ -249,11 +249,11 @@ func eachRecorded(ctx context.Context, c client.Reader, ref string, fn func(clie
 
 // running reports whether a pod counts: not finished, not going away.
 func running(pod *cachedPod) bool {
-	return pod.DeletionTimestamp == nil && pod.Phase != corev1.PodSucceeded && pod.Phase != corev1.PodFailed
+	return pod.DeletionTimestamp == nil && !pod.Finished
 }
 
 func podView(pod *cachedPod) keepalive.PodView {
-	return keepalive.PodView{Labels: pod.Labels, HostNetwork: pod.HostNetwork, OS: pod.OS, Sysctls: pod.Keepalive}
+	return keepalive.PodView{Labels: pod.Labels(), HostNetwork: pod.HostNetwork, OS: pod.OS, Sysctls: pod.Keepalive()}
 }
 
 // nodeInfo returns the kubelet and kernel of a node, nil for an unscheduled

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -35,10 +34,18 @@ type tally struct {
 	notify func(ref string)
 
 	mu     sync.Mutex
-	pods   map[string]podEntry // by namespace/name
+	pods   map[podName]podEntry
 	counts map[keepalive.Ref]*podTally
-	synced []func() bool
+	// refs and outcomes number the policies and outcomes that the pods'
+	// contributions name: a few of each, and a contribution per pod and
+	// policy.
+	refs     numbering[keepalive.Ref]
+	outcomes numbering[outcome]
+	synced   []func() bool
 }
+
+// podName is a pod's namespace and name, the cached pod's own strings.
+type podName struct{ namespace, name string }
 
 // podEntry is what a pod adds to the counts: one contribution per policy
 // that selects it.
@@ -47,16 +54,39 @@ type podEntry struct {
 	policies []contribution
 }
 
+// contribution is what a pod adds to one policy's counts, in 8 bytes.
 type contribution struct {
-	policy      keepalive.Ref
-	state       keepalive.PodState
-	reason      keepalive.SkipReason
+	policy      uint32 // in refs
+	outcome     uint16 // in outcomes
 	unpatchable bool
+}
+
+type outcome struct {
+	state  keepalive.PodState
+	reason keepalive.SkipReason
+}
+
+// numbering gives each value a small number for the operator's life.
+type numbering[T comparable] struct {
+	ids    map[T]int
+	values []T
+}
+
+func (n *numbering[T]) id(v T) int {
+	if id, ok := n.ids[v]; ok {
+		return id
+	}
+	if n.ids == nil {
+		n.ids = map[T]int{}
+	}
+	n.ids[v] = len(n.values)
+	n.values = append(n.values, v)
+	return len(n.values) - 1
 }
 
 func newTally(c client.Reader, idx *indexes, cluster func() keepalive.Cluster, policies *policySet, notify func(string)) *tally {
 	return &tally{client: c, indexes: idx, cluster: cluster, policies: policies, notify: notify,
-		pods: map[string]podEntry{}, counts: map[keepalive.Ref]*podTally{}}
+		pods: map[podName]podEntry{}, counts: map[keepalive.Ref]*podTally{}}
 }
 
 // Start feeds the tally from the informers of pods, policies, namespaces
@@ -128,7 +158,7 @@ func (t *tally) get(ref keepalive.Ref) (podTally, bool) {
 	return out, true
 }
 
-func podKey(pod *cachedPod) string { return pod.Namespace + "/" + pod.Name }
+func nameOf(pod *cachedPod) podName { return podName{pod.Namespace, pod.Name} }
 
 // podUpdated recounts a pod when something its counts depend on changed;
 // the many status updates of running pods change nothing.
@@ -136,7 +166,7 @@ func (t *tally) podUpdated(ctx context.Context, old, o any) {
 	before, ok1 := asCachedPod(old)
 	after, ok2 := asCachedPod(o)
 	if ok1 && ok2 && running(before) == running(after) && before.NodeName == after.NodeName &&
-		equality.Semantic.DeepEqual(before.Labels, after.Labels) {
+		equality.Semantic.DeepEqual(before.Labels(), after.Labels()) {
 		return
 	}
 	t.podChanged(ctx, o)
@@ -153,7 +183,7 @@ func (t *tally) podChanged(ctx context.Context, o any) {
 	defer t.mu.Unlock()
 	changed := map[keepalive.Ref]bool{}
 	current, _ := t.indexes.pods.get(pod.Namespace, pod.Name) // nil once deleted
-	t.set(podKey(pod), t.entry(ctx, current, nil), changed)
+	t.set(nameOf(pod), t.entry(ctx, current, nil), changed)
 	t.tell(changed)
 }
 
@@ -164,11 +194,6 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 	if pod == nil || !running(pod) {
 		return podEntry{}
 	}
-	var ns corev1.Namespace
-	if err := t.client.Get(ctx, client.ObjectKey{Name: pod.Namespace}, &ns); err != nil {
-		return podEntry{} // a namespace event recounts its pods once it is cached
-	}
-	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
 	var pols []keepalive.Policy
 	if only != nil {
 		pols = []keepalive.Policy{*only}
@@ -180,7 +205,15 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 		}
 		pols = slices.Concat(namespaced, cluster)
 	}
-	target := keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels, NamespaceLabels: ns.Labels}
+	if len(pols) == 0 {
+		return podEntry{}
+	}
+	var ns corev1.Namespace
+	if err := t.client.Get(ctx, client.ObjectKey{Name: pod.Namespace}, &ns); err != nil {
+		return podEntry{} // a namespace event recounts its pods once it is cached
+	}
+	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
+	target := keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels(), NamespaceLabels: ns.Labels}
 	e := podEntry{node: pod.NodeName}
 	var node *keepalive.NodeInfo
 	nodeRead := false
@@ -194,9 +227,10 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 			node, _ = nodeInfo(ctx, t.client, nil, pod.NodeName)
 			nodeRead = true
 		}
-		c := contribution{policy: p.Ref}
-		c.state, c.reason = keepalive.Classify(podView(pod), nsView, cluster, p, node)
-		if c.state == keepalive.PodStale {
+		var o outcome
+		o.state, o.reason = keepalive.Classify(podView(pod), nsView, cluster, p, node)
+		c := contribution{policy: uint32(t.refs.id(p.Ref)), outcome: uint16(t.outcomes.id(o))}
+		if o.state == keepalive.PodStale {
 			_, patchable, err := owner(ctx, t.client, pod)
 			c.unpatchable = err == nil && !patchable
 		}
@@ -207,18 +241,16 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 
 // set replaces what a pod adds to the counts, noting the policies whose
 // counts change.
-func (t *tally) set(key string, e podEntry, changed map[keepalive.Ref]bool) {
+func (t *tally) set(key podName, e podEntry, changed map[keepalive.Ref]bool) {
 	old := t.pods[key]
 	for _, c := range old.policies {
 		if !slices.Contains(e.policies, c) || old.node != e.node {
-			t.add(c, old.node, key, -1)
-			changed[c.policy] = true
+			changed[t.add(c, old.node, key.namespace, -1)] = true
 		}
 	}
 	for _, c := range e.policies {
 		if !slices.Contains(old.policies, c) || old.node != e.node {
-			t.add(c, e.node, key, 1)
-			changed[c.policy] = true
+			changed[t.add(c, e.node, key.namespace, 1)] = true
 		}
 	}
 	if len(e.policies) == 0 {
@@ -228,16 +260,18 @@ func (t *tally) set(key string, e podEntry, changed map[keepalive.Ref]bool) {
 	}
 }
 
-// add adds (n = 1) or removes (n = -1) one contribution.
-func (t *tally) add(c contribution, node, podKey string, n int32) {
-	pt := t.counts[c.policy]
+// add adds (n = 1) or removes (n = -1) one contribution of a pod on a node
+// in a namespace, and returns its policy.
+func (t *tally) add(c contribution, node, namespace string, n int32) keepalive.Ref {
+	ref, o := t.refs.values[c.policy], t.outcomes.values[c.outcome]
+	pt := t.counts[ref]
 	if pt == nil {
 		fresh := newPodTally()
 		pt = &fresh
-		t.counts[c.policy] = pt
+		t.counts[ref] = pt
 	}
 	pt.counts.Matched += n
-	switch c.state {
+	switch o.state {
 	case keepalive.PodCompliant:
 		pt.counts.Compliant += n
 	case keepalive.PodStale:
@@ -247,17 +281,17 @@ func (t *tally) add(c contribution, node, podKey string, n int32) {
 		}
 	case keepalive.PodSkipped:
 		pt.counts.Skipped += n
-		if c.reason.Blocks() {
-			bump(pt.blocked, c.reason, n)
+		if o.reason.Blocks() {
+			bump(pt.blocked, o.reason, n)
 		}
-		switch c.reason {
+		switch o.reason {
 		case keepalive.SkipPodSecurityVersion:
-			ns, _, _ := strings.Cut(podKey, "/")
-			bump(pt.blockedNamespaces, ns, n)
+			bump(pt.blockedNamespaces, namespace, n)
 		case keepalive.SkipNodeKubelet, keepalive.SkipNodeKernel:
 			bump(pt.blockedNodes, node, n)
 		}
 	}
+	return ref
 }
 
 func bump[K comparable](m map[K]int32, k K, n int32) {
@@ -303,8 +337,9 @@ func (t *tally) recountPolicy(ctx context.Context, obj policyObject) {
 	ref := refOf(obj)
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	id := uint32(t.refs.id(ref))
 	for key, e := range t.pods {
-		if i := slices.IndexFunc(e.policies, func(c contribution) bool { return c.policy == ref }); i >= 0 {
+		if i := slices.IndexFunc(e.policies, func(c contribution) bool { return c.policy == id }); i >= 0 {
 			e.policies = slices.Delete(slices.Clone(e.policies), i, i+1)
 			if len(e.policies) == 0 {
 				delete(t.pods, key)
@@ -333,11 +368,11 @@ func (t *tally) recountPolicy(ctx context.Context, obj policyObject) {
 		if len(c.policies) == 0 {
 			continue
 		}
-		key := podKey(pod)
+		key := nameOf(pod)
 		e := t.pods[key]
 		e.node = c.node
 		e.policies = append(slices.Clone(e.policies), c.policies[0])
-		t.add(c.policies[0], e.node, key, 1)
+		t.add(c.policies[0], e.node, key.namespace, 1)
 		t.pods[key] = e
 	}
 }
@@ -382,7 +417,7 @@ func (t *tally) recountPods(ctx context.Context, namespace string, match func(*c
 	changed := map[keepalive.Ref]bool{}
 	for _, pod := range pods {
 		if match(pod) {
-			t.set(podKey(pod), t.entry(ctx, pod, nil), changed)
+			t.set(nameOf(pod), t.entry(ctx, pod, nil), changed)
 		}
 	}
 	t.tell(changed)

@@ -198,10 +198,9 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 		if d.Record != nil {
 			by = "for " + d.Record.Policy
 		}
-		r.events.Eventf(written, nil, corev1.EventTypeNormal, ReasonTemplatePatched, "Rollout", "%s, %s", note, by)
-		if pol := policyObjectOf(ctx, r.client, policy); pol != nil {
-			r.events.Eventf(pol, written, corev1.EventTypeNormal, ReasonTemplatePatched, "Rollout", "%s", note)
-		}
+		// On the workload only, the policy as the related object: a policy
+		// that selects thousands of workloads gets no event per workload.
+		r.events.Eventf(written, policyObjectOf(ctx, r.client, policy), corev1.EventTypeNormal, ReasonTemplatePatched, "Rollout", "%s, %s", note, by)
 		logf.FromContext(ctx).Info("pod template patched", "workload", key.String(), "sysctls", keepalive.Describe(d.Sysctls), "policy", policy)
 	}
 	return nil

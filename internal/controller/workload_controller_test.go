@@ -179,6 +179,21 @@ var _ = Describe("writes that change only what the operator owns", func() {
 		Expect(eventsOf(d, ReasonRecordRemoved)[0].Note).To(ContainSubstring("net.ipv4.tcp_keepalive_time=7200 will not be restored"))
 		Consistently(writesOf, "1500ms").WithArguments("deployments", d).Should(Equal(1))
 	})
+
+	It("tells each template write once, on the workload, with the policy as the related object", func() {
+		ns := newNamespace(nil)
+		d := deployment(ns, "api", userOwn)
+		p := policyNamed("nlb", ns)
+		createPolicy(p)
+		settles(d, withUser(nlbValues), 1)
+		Eventually(eventsOf).WithArguments(d, ReasonTemplatePatched).Should(HaveLen(1))
+		e := eventsOf(d, ReasonTemplatePatched)[0]
+		Expect(e.Note).To(And(ContainSubstring("net.ipv4.tcp_keepalive_time=175"), ContainSubstring("for KeepalivePolicy/"+ns+"/nlb")))
+		Expect(e.Related).NotTo(BeNil())
+		Expect([]string{e.Related.Kind, e.Related.Namespace, e.Related.Name}).To(Equal([]string{"KeepalivePolicy", ns, "nlb"}))
+		// One event per written workload, not a second one on the policy.
+		Expect(eventsOf(p, ReasonTemplatePatched)).To(BeEmpty())
+	})
 })
 
 // editTemplate changes a Deployment's pod template as its user would.

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
@@ -206,20 +207,44 @@ func TestCachedPod(t *testing.T) {
 	out, _ := toCachedPod(pod("p1"))
 	p := out.(*cachedPod)
 	want := &cachedPod{
-		ObjectMeta: metav1.ObjectMeta{Name: "p1", Namespace: "ns", Labels: map[string]string{"app": "x", "pod-template-hash": "abc"}},
-		OwnerKind:  "ReplicaSet", OwnerName: "x-abc", NodeName: "n", Phase: corev1.PodRunning, OS: "linux",
-		Keepalive: []corev1.Sysctl{{Name: keepalive.SysctlTime, Value: "175"}},
+		Name: "p1", Namespace: "ns", OwnerKind: "ReplicaSet", OwnerName: "x-abc", NodeName: "n", OS: "linux",
 	}
-	if diff := cmp.Diff(want, p, cmp.AllowUnexported(cachedPod{}), cmpopts.IgnoreFields(cachedPod{}, "labels")); diff != "" {
+	if diff := cmp.Diff(want, p, cmpopts.IgnoreUnexported(cachedPod{})); diff != "" {
 		t.Errorf("cached pod (-want +got):\n%s", diff)
 	}
-	// The replicas of one ReplicaSet share one labels map.
-	out2, _ := toCachedPod(pod("p2"))
-	if p2 := out2.(*cachedPod); p2.labels != p.labels {
-		t.Error("two pods with the same labels got two maps")
+	if diff := cmp.Diff(map[string]string{"app": "x", "pod-template-hash": "abc"}, p.Labels()); diff != "" {
+		t.Errorf("labels (-want +got):\n%s", diff)
 	}
-	if cp := p.DeepCopyObject().(*cachedPod); cp == p || cp.Name != "p1" || cp.Labels["app"] != "x" {
+	if diff := cmp.Diff([]corev1.Sysctl{{Name: keepalive.SysctlTime, Value: "175"}}, p.Keepalive()); diff != "" {
+		t.Errorf("keepalive sysctls (-want +got):\n%s", diff)
+	}
+	// It is a client.Object for the informer and its event handlers.
+	var obj client.Object = p
+	if obj.GetName() != "p1" || obj.GetNamespace() != "ns" || obj.GetLabels()["app"] != "x" || obj.GetDeletionTimestamp() != nil {
+		t.Errorf("as a client.Object: %s/%s %v %v", obj.GetNamespace(), obj.GetName(), obj.GetLabels(), obj.GetDeletionTimestamp())
+	}
+	if key, err := toolscache.MetaNamespaceKeyFunc(p); err != nil || key != "ns/p1" {
+		t.Errorf("informer key = %q, %v", key, err)
+	}
+	// The replicas of one ReplicaSet share one labels map and one sysctl list.
+	out2, _ := toCachedPod(pod("p2"))
+	if p2 := out2.(*cachedPod); p2.labels != p.labels || p2.sysctls != p.sysctls {
+		t.Error("two pods with the same labels and sysctls got their own copies")
+	}
+	other := pod("p3")
+	other.Labels = map[string]string{"app": "y"}
+	other.Spec.SecurityContext.Sysctls[1].Value = "100"
+	if out3, _ := toCachedPod(other); out3.(*cachedPod).labels == p.labels || out3.(*cachedPod).sysctls == p.sysctls {
+		t.Error("a pod with other labels and sysctls got those of p1")
+	}
+	if cp := p.DeepCopyObject().(*cachedPod); cp == p || cp.Name != "p1" || cp.Labels()["app"] != "x" {
 		t.Errorf("DeepCopyObject = %+v", cp)
+	}
+	deleting := pod("p4")
+	deleting.DeletionTimestamp = &metav1.Time{Time: time.Unix(1, 0)}
+	deleting.Status.Phase = corev1.PodSucceeded
+	if out4, _ := toCachedPod(deleting); out4.(*cachedPod).GetDeletionTimestamp().IsZero() || !out4.(*cachedPod).Finished {
+		t.Errorf("a deleted, finished pod is cached as %+v", out4)
 	}
 	// Anything else passes unchanged.
 	if ns := (&corev1.Namespace{}); func() any { o, _ := toCachedPod(ns); return o }() != ns {
