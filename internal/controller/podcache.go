@@ -5,6 +5,7 @@ import (
 	"maps"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"unique"
@@ -122,8 +123,8 @@ type sharing[T any] struct {
 	m  map[string]weak.Pointer[shared[T]]
 }
 
-// get returns the shared value of id, made by make when no pod holds it.
-func get[T any](s *sharing[T], id string, make func() T) *shared[T] {
+// get returns the shared value of id, made by build when no pod holds it.
+func (s *sharing[T]) get(id string, build func() T) *shared[T] {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
@@ -132,7 +133,7 @@ func get[T any](s *sharing[T], id string, make func() T) *shared[T] {
 	if v := s.m[id].Value(); v != nil {
 		return v
 	}
-	v := &shared[T]{v: make()}
+	v := &shared[T]{v: build()}
 	s.m[id] = weak.Make(v)
 	runtime.AddCleanup(v, s.forget, id)
 	return v
@@ -163,7 +164,7 @@ func sharedLabels(l map[string]string) *shared[map[string]string] {
 		b.WriteString(l[k])
 		b.WriteByte(0)
 	}
-	return get(&labelMaps, b.String(), func() map[string]string {
+	return labelMaps.get(b.String(), func() map[string]string {
 		m := make(map[string]string, len(l))
 		for k, v := range l {
 			m[intern(k)] = intern(v)
@@ -173,15 +174,13 @@ func sharedLabels(l map[string]string) *shared[map[string]string] {
 }
 
 // sharedSysctls returns the one shared list with these sysctls, in order.
+// The values are quoted: unlike label values, they may hold any byte.
 func sharedSysctls(l []corev1.Sysctl) *shared[[]corev1.Sysctl] {
-	var b strings.Builder
+	var id []byte
 	for _, s := range l {
-		b.WriteString(s.Name)
-		b.WriteByte(0)
-		b.WriteString(s.Value)
-		b.WriteByte(0)
+		id = strconv.AppendQuote(append(id, s.Name...), s.Value)
 	}
-	return get(&sysctlSlices, b.String(), func() []corev1.Sysctl {
+	return sysctlSlices.get(string(id), func() []corev1.Sysctl {
 		out := make([]corev1.Sysctl, len(l))
 		for i, s := range l {
 			out[i] = corev1.Sysctl{Name: intern(s.Name), Value: intern(s.Value)}

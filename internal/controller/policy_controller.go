@@ -267,7 +267,8 @@ func nodeInfo(ctx context.Context, c client.Reader, memo map[string]*keepalive.N
 	}
 	var node corev1.Node
 	var info *keepalive.NodeInfo
-	switch err := c.Get(ctx, client.ObjectKey{Name: name}, &node); {
+	// Read only, once per pod event: no copy of the cached object.
+	switch err := c.Get(ctx, client.ObjectKey{Name: name}, &node, client.UnsafeDisableDeepCopy); {
 	case apierrors.IsNotFound(err):
 	case err != nil:
 		return nil, fmt.Errorf("get node %s: %w", name, err)

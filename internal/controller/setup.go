@@ -345,7 +345,8 @@ func (m *mapper) decide(ctx context.Context, pod *cachedPod) (keepalive.Decision
 
 func (m *mapper) namespace(ctx context.Context, name string) (keepalive.Namespace, bool) {
 	var ns corev1.Namespace
-	if err := m.client.Get(ctx, client.ObjectKey{Name: name}, &ns); err != nil {
+	// Read only, once per pod event: no copy of the cached object.
+	if err := m.client.Get(ctx, client.ObjectKey{Name: name}, &ns, client.UnsafeDisableDeepCopy); err != nil {
 		return keepalive.Namespace{}, false
 	}
 	return keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}, true

@@ -209,7 +209,8 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 		return podEntry{}
 	}
 	var ns corev1.Namespace
-	if err := t.client.Get(ctx, client.ObjectKey{Name: pod.Namespace}, &ns); err != nil {
+	// Read only, once per pod event: no copy of the cached object.
+	if err := t.client.Get(ctx, client.ObjectKey{Name: pod.Namespace}, &ns, client.UnsafeDisableDeepCopy); err != nil {
 		return podEntry{} // a namespace event recounts its pods once it is cached
 	}
 	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}

@@ -268,7 +268,8 @@ func owner(ctx context.Context, c client.Reader, pod *cachedPod) (key workloadKe
 	default:
 		return key, false, nil
 	}
-	if err := c.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: pod.OwnerName}, parent); err != nil {
+	// Read only, once per pod event: no copy of the cached object.
+	if err := c.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: pod.OwnerName}, parent, client.UnsafeDisableDeepCopy); err != nil {
 		// A ReplicaSet not cached yet is a Deployment's or a bare one:
 		// patchable either way.
 		return key, pod.OwnerKind == kindReplicaSet && apierrors.IsNotFound(err), client.IgnoreNotFound(fmt.Errorf("get %s: %w", key, err))

@@ -237,6 +237,16 @@ func TestCachedPod(t *testing.T) {
 	if out3, _ := toCachedPod(other); out3.(*cachedPod).labels == p.labels || out3.(*cachedPod).sysctls == p.sysctls {
 		t.Error("a pod with other labels and sysctls got those of p1")
 	}
+	// A value cannot pass for two entries.
+	forged := pod("p5")
+	forged.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: keepalive.SysctlTime, Value: "175\x00" + keepalive.SysctlProbes + "\x009"}}
+	real := pod("p6")
+	real.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: keepalive.SysctlTime, Value: "175"}, {Name: keepalive.SysctlProbes, Value: "9"}}
+	out5, _ := toCachedPod(forged)
+	out6, _ := toCachedPod(real)
+	if got := out6.(*cachedPod).Keepalive(); len(got) != 2 || out5.(*cachedPod).sysctls == out6.(*cachedPod).sysctls {
+		t.Errorf("a forged value shares the list of two entries: %v", got)
+	}
 	if cp := p.DeepCopyObject().(*cachedPod); cp == p || cp.Name != "p1" || cp.Labels()["app"] != "x" {
 		t.Errorf("DeepCopyObject = %+v", cp)
 	}
