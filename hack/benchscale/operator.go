@@ -140,6 +140,38 @@ func (o *operator) stop() error {
 
 // cpu returns the CPU seconds, user and system, of every thread of the
 // operator so far.
+// waitIdle waits, at most max, until the operator spent less than 20 ms of
+// CPU in each of two seconds in a row: it has read the initial lists of its
+// caches and counted every pod, so that a measurement sees only what its
+// own events cause.
+func (o *operator) waitIdle(ctx context.Context, max time.Duration) error {
+	deadline := time.Now().Add(max)
+	last, err := o.cpu()
+	if err != nil {
+		return err
+	}
+	idle := 0
+	for idle < 2 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the operator was still busy after %s (log: %s)", max, o.log)
+		}
+		if err := sleep(ctx, time.Second); err != nil {
+			return err
+		}
+		now, err := o.cpu()
+		if err != nil {
+			return err
+		}
+		if now-last < 0.02 {
+			idle++
+		} else {
+			idle = 0
+		}
+		last = now
+	}
+	return nil
+}
+
 func (o *operator) cpu() (float64, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", o.cmd.Process.Pid))
 	if err != nil {

@@ -103,6 +103,10 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 	if err := op.waitReady(ctx, 2*time.Minute); err != nil {
 		return nil, err
 	}
+	// Ready is the webhook's: the leader may still be reading the pods.
+	if err := op.waitIdle(ctx, 2*time.Minute); err != nil {
+		return nil, err
+	}
 
 	// Convergence: from creating the policies until every selected template
 	// carries the values and every status is current.
