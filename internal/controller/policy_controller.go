@@ -40,6 +40,10 @@ type Options struct {
 	// StatusDelay gathers the pod events of this long into one status pass
 	// of a policy. Zero means a second.
 	StatusDelay time.Duration
+	// PolicyDelay gathers the policy changes of this long before the
+	// templates they concern are written, so that policies applied together
+	// roll a workload once. Zero means a second.
+	PolicyDelay time.Duration
 	// MaxConcurrentReconciles of the workload reconciler. Zero means 4.
 	MaxConcurrentReconciles int
 }

@@ -52,6 +52,9 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if opts.StatusDelay == 0 {
 		opts.StatusDelay = time.Second
 	}
+	if opts.PolicyDelay == 0 {
+		opts.PolicyDelay = time.Second
+	}
 	if opts.MaxConcurrentReconciles == 0 {
 		opts.MaxConcurrentReconciles = 4
 	}
@@ -91,8 +94,8 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		WithOptions(controller.TypedOptions[workloadKey]{MaxConcurrentReconciles: opts.MaxConcurrentReconciles}).
 		Watches(&corev1.Pod{}, m.podToWorkload()).
 		Watches(&corev1.Namespace{}, m.namespaceToWorkloads()).
-		Watches(&v1alpha1.KeepalivePolicy{}, m.policyToWorkloads()).
-		Watches(&v1alpha1.ClusterKeepalivePolicy{}, m.policyToWorkloads()).
+		Watches(&v1alpha1.KeepalivePolicy{}, m.policyToWorkloads(opts.PolicyDelay)).
+		Watches(&v1alpha1.ClusterKeepalivePolicy{}, m.policyToWorkloads(opts.PolicyDelay)).
 		WatchesRawSource(source.TypedFunc[workloadKey](workloadQ.capture))
 	for _, kind := range patchableKinds {
 		b = b.Watches(newWorkload(kind), m.workloadEvents(kind, sl))
@@ -390,10 +393,12 @@ func (m *mapper) namespaceMatters(ctx context.Context, o, n client.Object) bool 
 
 // policyToWorkloads wakes, when a policy comes, changes its spec or goes,
 // the workloads its old or new spec selects and those whose record names it.
-func (m *mapper) policyToWorkloads() handler.TypedEventHandler[client.Object, workloadKey] {
+func (m *mapper) policyToWorkloads(delay time.Duration) handler.TypedEventHandler[client.Object, workloadKey] {
+	// After a delay: a workload waiting already keeps its time, so that the
+	// policies of one kubectl apply reach it in one pass and one write.
 	wake := func(ctx context.Context, q workloadQueue, objs ...client.Object) {
 		for _, k := range m.policyWorkloads(ctx, objs...) {
-			q.Add(k)
+			q.AddAfter(k, delay)
 		}
 	}
 	return handler.TypedFuncs[client.Object, workloadKey]{

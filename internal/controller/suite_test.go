@@ -81,6 +81,7 @@ var _ = BeforeSuite(func() {
 			MaxConcurrentRollouts: maxRollouts,
 			ProgressDeadline:      8 * time.Second,
 			StatusDelay:           200 * time.Millisecond,
+			PolicyDelay:           300 * time.Millisecond,
 		})).To(Succeed())
 		mctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)

@@ -58,6 +58,15 @@ func settles(d *appsv1.Deployment, want []corev1.Sysctl, writes int) {
 }
 
 var _ = Describe("several policies on one workload", func() {
+	It("writes a template once for policies applied together", func() {
+		ns := newNamespace(nil)
+		d := deployment(ns, "api", userOwn)
+		nlb, alb := policyNamed("nlb", ns), policyNamed("alb", ns)
+		createPolicy(nlb)
+		createPolicy(alb)
+		settles(d, mostAggressive([]client.Object{nlb, alb}), 1)
+	})
+
 	DescribeTable("converge on the most aggressive values whatever the order, one write per change of the desired state",
 		func(order []string, wantAfter [][]corev1.Sysctl, writesAfter []int) {
 			ns := newNamespace(nil)
