@@ -138,8 +138,6 @@ func (o *operator) stop() error {
 	return nil
 }
 
-// cpu returns the CPU seconds, user and system, of every thread of the
-// operator so far.
 // waitIdle waits, at most max, until the operator spent less than 20 ms of
 // CPU in each of two seconds in a row: it has read the initial lists of its
 // caches and counted every pod, so that a measurement sees only what its
@@ -172,6 +170,8 @@ func (o *operator) waitIdle(ctx context.Context, max time.Duration) error {
 	return nil
 }
 
+// cpu returns the CPU seconds, user and system, of every thread of the
+// operator so far.
 func (o *operator) cpu() (float64, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", o.cmd.Process.Pid))
 	if err != nil {

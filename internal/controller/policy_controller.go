@@ -261,26 +261,29 @@ func podView(pod *cachedPod) keepalive.PodView {
 }
 
 // nodeInfo returns the kubelet and kernel of a node, nil for an unscheduled
-// pod or a node that is gone. memo, when not nil, keeps what was read.
-func nodeInfo(ctx context.Context, c client.Reader, memo map[string]*keepalive.NodeInfo, name string) (*keepalive.NodeInfo, error) {
+// pod or a node that is gone.
+func nodeInfo(ctx context.Context, c client.Reader, name string) (*keepalive.NodeInfo, error) {
 	if name == "" {
 		return nil, nil
 	}
-	if info, ok := memo[name]; ok {
-		return info, nil
-	}
 	var node corev1.Node
-	var info *keepalive.NodeInfo
 	// Read only, once per pod event: no copy of the cached object.
 	switch err := c.Get(ctx, client.ObjectKey{Name: name}, &node, client.UnsafeDisableDeepCopy); {
 	case apierrors.IsNotFound(err):
+		return nil, nil
 	case err != nil:
 		return nil, fmt.Errorf("get node %s: %w", name, err)
-	default:
-		info = &keepalive.NodeInfo{KubeletVersion: node.Status.NodeInfo.KubeletVersion, KernelVersion: node.Status.NodeInfo.KernelVersion}
 	}
-	if memo != nil {
-		memo[name] = info
+	return &keepalive.NodeInfo{KubeletVersion: node.Status.NodeInfo.KubeletVersion, KernelVersion: node.Status.NodeInfo.KernelVersion}, nil
+}
+
+// namespaceOf returns a cached namespace as the decisions read it; false
+// while it is not cached.
+func namespaceOf(ctx context.Context, c client.Reader, name string) (keepalive.Namespace, bool) {
+	var ns corev1.Namespace
+	// Read only, once per pod event: no copy of the cached object.
+	if err := c.Get(ctx, client.ObjectKey{Name: name}, &ns, client.UnsafeDisableDeepCopy); err != nil {
+		return keepalive.Namespace{}, false
 	}
-	return info, nil
+	return keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}, true
 }

@@ -335,7 +335,7 @@ func (m *mapper) podToWorkload() handler.TypedEventHandler[client.Object, worklo
 
 // decide is the admission decision for a pod as it is now.
 func (m *mapper) decide(ctx context.Context, pod *cachedPod) (keepalive.Decision, bool) {
-	ns, ok := m.namespace(ctx, pod.Namespace)
+	ns, ok := namespaceOf(ctx, m.client, pod.Namespace)
 	if !ok {
 		return keepalive.Decision{}, false
 	}
@@ -344,15 +344,6 @@ func (m *mapper) decide(ctx context.Context, pod *cachedPod) (keepalive.Decision
 		return keepalive.Decision{}, false
 	}
 	return keepalive.Decide(podView(pod), ns, m.cluster(), namespaced, cluster), true
-}
-
-func (m *mapper) namespace(ctx context.Context, name string) (keepalive.Namespace, bool) {
-	var ns corev1.Namespace
-	// Read only, once per pod event: no copy of the cached object.
-	if err := m.client.Get(ctx, client.ObjectKey{Name: name}, &ns, client.UnsafeDisableDeepCopy); err != nil {
-		return keepalive.Namespace{}, false
-	}
-	return keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}, true
 }
 
 // namespaceToWorkloads wakes the workloads of a namespace whose label change
@@ -458,7 +449,7 @@ func (m *mapper) policyWorkloads(ctx context.Context, objs ...client.Object) []w
 				}
 				labels, ok := nsLabels[w.GetNamespace()]
 				if !ok {
-					ns, _ := m.namespace(ctx, w.GetNamespace())
+					ns, _ := namespaceOf(ctx, m.client, w.GetNamespace())
 					labels, nsLabels[w.GetNamespace()] = ns.Labels, ns.Labels
 				}
 				t := keepalive.Target{Namespace: w.GetNamespace(), Labels: podTemplate(w).Labels, NamespaceLabels: labels}

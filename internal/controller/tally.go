@@ -208,12 +208,10 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 	if len(pols) == 0 {
 		return podEntry{}
 	}
-	var ns corev1.Namespace
-	// Read only, once per pod event: no copy of the cached object.
-	if err := t.client.Get(ctx, client.ObjectKey{Name: pod.Namespace}, &ns, client.UnsafeDisableDeepCopy); err != nil {
+	ns, ok := namespaceOf(ctx, t.client, pod.Namespace)
+	if !ok {
 		return podEntry{} // a namespace event recounts its pods once it is cached
 	}
-	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
 	target := keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels(), NamespaceLabels: ns.Labels}
 	e := podEntry{node: pod.NodeName}
 	var node *keepalive.NodeInfo
@@ -225,11 +223,11 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 			continue
 		}
 		if !nodeRead {
-			node, _ = nodeInfo(ctx, t.client, nil, pod.NodeName)
+			node, _ = nodeInfo(ctx, t.client, pod.NodeName)
 			nodeRead = true
 		}
 		var o outcome
-		o.state, o.reason = keepalive.Classify(podView(pod), nsView, cluster, p, node)
+		o.state, o.reason = keepalive.Classify(podView(pod), ns, cluster, p, node)
 		c := contribution{policy: uint32(t.refs.id(p.Ref)), outcome: uint16(t.outcomes.id(o))}
 		if o.state == keepalive.PodStale {
 			_, patchable, err := owner(ctx, t.client, pod)

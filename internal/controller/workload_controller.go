@@ -274,7 +274,7 @@ func (r *workloadReconciler) hasStalePods(ctx context.Context, key workloadKey, 
 		if !running(pod) || !slices.Contains(owners, pod.OwnerKind+"/"+pod.OwnerName) {
 			continue
 		}
-		node, err := nodeInfo(ctx, r.client, nil, pod.NodeName)
+		node, err := nodeInfo(ctx, r.client, pod.NodeName)
 		if err != nil {
 			return false, err
 		}

@@ -177,11 +177,7 @@ var _ = Describe("writes that change only what the operator owns", func() {
 	})
 
 	It("warns when someone removes the record of a patched template, and writes nothing", func() {
-		ns := newNamespace(nil)
-		d := deployment(ns, "api", userOwn)
-		p := policyNamed("nlb", ns)
-		createPolicy(p)
-		settles(d, withUser(nlbValues), 1)
+		_, d, p := patchedByNLB()
 		editObject(d, func(o client.Object) { o.SetAnnotations(nil) })
 		Eventually(eventsOf).WithArguments(d, ReasonRecordRemoved).Should(HaveLen(1))
 		Eventually(eventsOf).WithArguments(p, ReasonRecordRemoved).Should(HaveLen(1))
@@ -190,11 +186,7 @@ var _ = Describe("writes that change only what the operator owns", func() {
 	})
 
 	It("tells each template write once, on the workload, with the policy as the related object", func() {
-		ns := newNamespace(nil)
-		d := deployment(ns, "api", userOwn)
-		p := policyNamed("nlb", ns)
-		createPolicy(p)
-		settles(d, withUser(nlbValues), 1)
+		ns, d, p := patchedByNLB()
 		Eventually(eventsOf).WithArguments(d, ReasonTemplatePatched).Should(HaveLen(1))
 		e := eventsOf(d, ReasonTemplatePatched)[0]
 		Expect(e.Note).To(And(ContainSubstring("net.ipv4.tcp_keepalive_time=175"), ContainSubstring("for KeepalivePolicy/"+ns+"/nlb")))
@@ -221,6 +213,18 @@ func editObject(obj client.Object, change func(client.Object)) {
 		change(fresh)
 		return k8sClient.Update(ctx, fresh)
 	}).Should(Succeed())
+}
+
+// patchedByNLB makes a Deployment with the user's own sysctls in a new
+// namespace and an aws-nlb policy there, and waits for the one write.
+func patchedByNLB() (string, *appsv1.Deployment, client.Object) {
+	GinkgoHelper()
+	ns := newNamespace(nil)
+	d := deployment(ns, "api", userOwn)
+	p := policyNamed("nlb", ns)
+	createPolicy(p)
+	settles(d, withUser(nlbValues), 1)
+	return ns, d, p
 }
 
 // eventsOf lists the events about obj with a reason.

@@ -131,10 +131,14 @@ func Start(install int, warnings rest.WarningHandler, tmp string) (*Env, error) 
 	return e, os.WriteFile(e.Kubeconfig, raw, 0o600)
 }
 
-// OperatorConfig is a client configuration for OperatorUser, an
-// administrator.
+// operator is OperatorUser, an administrator.
+func (e *Env) operator() (*envtest.AuthenticatedUser, error) {
+	return e.AddUser(envtest.User{Name: OperatorUser, Groups: []string{"system:masters"}}, nil)
+}
+
+// OperatorConfig is a client configuration for OperatorUser.
 func (e *Env) OperatorConfig() (*rest.Config, error) {
-	u, err := e.AddUser(envtest.User{Name: OperatorUser, Groups: []string{"system:masters"}}, nil)
+	u, err := e.operator()
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +148,7 @@ func (e *Env) OperatorConfig() (*rest.Config, error) {
 // OperatorKubeconfig writes a kubeconfig for OperatorUser to path, for the
 // operator's binary.
 func (e *Env) OperatorKubeconfig(path string) error {
-	u, err := e.AddUser(envtest.User{Name: OperatorUser, Groups: []string{"system:masters"}}, nil)
+	u, err := e.operator()
 	if err != nil {
 		return err
 	}
