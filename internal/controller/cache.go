@@ -1,6 +1,8 @@
 package controller
 
 import (
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -22,7 +24,9 @@ func CacheOptions() cache.Options {
 // so that caching every pod, node and workload of a cluster costs little.
 // Workloads keep their spec and status but of their template only what the
 // decisions read (labels, hostNetwork, os, sysctls); their annotations only
-// the operator's record. Writes are patches of those fields alone.
+// the operator's record. A Job, or a ReplicaSet with a controller, is read
+// only to find its controller: the cache keeps its name and owners. Writes
+// are patches of those fields alone.
 func StripForCache(obj any) (any, error) {
 	if m, ok := obj.(metav1.Object); ok {
 		m.SetManagedFields(nil)
@@ -38,12 +42,25 @@ func StripForCache(obj any) (any, error) {
 		}, nil
 	case *corev1.Namespace:
 		o.Annotations = nil
+	case *appsv1.ReplicaSet:
+		if metav1.GetControllerOf(o) != nil {
+			return &appsv1.ReplicaSet{TypeMeta: o.TypeMeta, ObjectMeta: ownersOnly(o)}, nil
+		}
+		stripWorkload(o, &o.Spec.Template)
+	case *batchv1.Job:
+		return &batchv1.Job{TypeMeta: o.TypeMeta, ObjectMeta: ownersOnly(o)}, nil
 	case metav1.Object:
 		if t := podTemplate(obj); t != nil {
 			stripWorkload(o, t)
 		}
 	}
 	return obj, nil
+}
+
+// ownersOnly is the metadata of an object read only for its owners.
+func ownersOnly(m metav1.Object) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.GetName(), Namespace: m.GetNamespace(), UID: m.GetUID(),
+		ResourceVersion: m.GetResourceVersion(), OwnerReferences: m.GetOwnerReferences()}
 }
 
 // stripWorkload keeps the operator's record of the annotations, and of the

@@ -6,7 +6,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"unique"
 	"weak"
@@ -23,55 +22,69 @@ import (
 
 // cachedPod is what the operator keeps of a pod: a cluster may run tens of
 // thousands, and a whole corev1.Pod, even stripped, is over a kilobyte, its
-// ObjectMeta alone 240 bytes. The strings most pods share (namespaces,
-// nodes, owners, label keys and values) are interned, and pods with the same
-// labels or keepalive sysctls, such as the replicas of one ReplicaSet, share
-// one map or list. It is a client.Object for the informer and its event
+// ObjectMeta alone 240 bytes. What the replicas of a ReplicaSet have in
+// common (namespace, owner, labels, keepalive sysctls) is one shared
+// podShape, and node names are interned, so that a pod costs 48 bytes
+// besides its name. It is a client.Object for the informer and its event
 // handlers, but a read-only one: see noMeta.
 type cachedPod struct {
 	noMeta
-	Name, Namespace string
-	// Owner is the kind and name of the pod's controller; empty for none.
-	OwnerKind, OwnerName string
-	NodeName             string
-	OS                   string
-	HostNetwork          bool
-	// Finished is true once the pod succeeded or failed.
-	Finished          bool
+	Name              string
+	node              unique.Handle[string]
 	DeletionTimestamp *metav1.Time
+	shape             *shared[podShape]
+	// Finished is true once the pod succeeded or failed.
+	Finished bool
+}
 
-	labels *shared[map[string]string]
-	// sysctls holds the pod's keepalive sysctls, the only ones read.
-	sysctls *shared[[]corev1.Sysctl]
+// podShape is what the decisions read of a pod besides its name, node and
+// phase. It is shared by the pods that have the same and never changed.
+type podShape struct {
+	namespace string
+	// ownerKind and ownerName name the pod's controller; empty for none.
+	ownerKind, ownerName string
+	os                   string
+	hostNetwork          bool
+	labels               map[string]string
+	// keepalive holds the pod's keepalive sysctls, the only ones read.
+	keepalive []corev1.Sysctl
+}
+
+var noShape podShape
+
+func (p *cachedPod) shaped() *podShape {
+	if p.shape == nil {
+		return &noShape
+	}
+	return &p.shape.v
 }
 
 // Labels are the pod's labels, shared with the pods that have the same.
 // Never change them.
-func (p *cachedPod) Labels() map[string]string {
-	if p.labels == nil {
-		return nil
-	}
-	return p.labels.v
-}
+func (p *cachedPod) Labels() map[string]string { return p.shaped().labels }
 
 // Keepalive are the pod's keepalive sysctls, in their order. Never change
 // them.
-func (p *cachedPod) Keepalive() []corev1.Sysctl {
-	if p.sysctls == nil {
-		return nil
-	}
-	return p.sysctls.v
-}
+func (p *cachedPod) Keepalive() []corev1.Sysctl { return p.shaped().keepalive }
+
+// Owner is the kind and name of the pod's controller, empty for none.
+func (p *cachedPod) Owner() (kind, name string) { return p.shaped().ownerKind, p.shaped().ownerName }
+
+func (p *cachedPod) OS() string        { return p.shaped().os }
+func (p *cachedPod) HostNetwork() bool { return p.shaped().hostNetwork }
+
+// Node is the name of the pod's node, "" while it is not scheduled.
+func (p *cachedPod) Node() string { return valueOf(p.node) }
 
 func (p *cachedPod) GetName() string                  { return p.Name }
-func (p *cachedPod) GetNamespace() string             { return p.Namespace }
+func (p *cachedPod) GetNamespace() string             { return p.shaped().namespace }
 func (p *cachedPod) GetLabels() map[string]string     { return p.Labels() }
 func (p *cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
 func (p *cachedPod) GetDeletionTimestamp() *metav1.Time { return p.DeletionTimestamp }
 
 func (p *cachedPod) DeepCopyObject() kruntime.Object {
-	out := *p // the shared labels and sysctls are never changed
+	out := *p // the shape is never changed
 	return &out
 }
 
@@ -81,39 +94,39 @@ func toCachedPod(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	out := &cachedPod{
-		Name: pod.Name, Namespace: intern(pod.Namespace), NodeName: intern(pod.Spec.NodeName),
-		HostNetwork:       pod.Spec.HostNetwork,
-		DeletionTimestamp: pod.DeletionTimestamp,
-		Finished:          pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed,
-	}
+	shape := podShape{namespace: pod.Namespace, hostNetwork: pod.Spec.HostNetwork, labels: pod.Labels}
 	if ref := metav1.GetControllerOf(pod); ref != nil {
-		out.OwnerKind, out.OwnerName = intern(ref.Kind), intern(ref.Name)
+		shape.ownerKind, shape.ownerName = ref.Kind, ref.Name
 	}
 	if pod.Spec.OS != nil {
-		out.OS = intern(string(pod.Spec.OS.Name))
+		shape.os = string(pod.Spec.OS.Name)
 	}
-	if len(pod.Labels) > 0 {
-		out.labels = sharedLabels(pod.Labels)
-	}
-	var sysctls []corev1.Sysctl
 	if sc := pod.Spec.SecurityContext; sc != nil {
 		for _, s := range sc.Sysctls {
 			if s.Name == keepalive.SysctlTime || s.Name == keepalive.SysctlInterval || s.Name == keepalive.SysctlProbes {
-				sysctls = append(sysctls, s)
+				shape.keepalive = append(shape.keepalive, s)
 			}
 		}
 	}
-	if len(sysctls) > 0 {
-		out.sysctls = sharedSysctls(sysctls)
-	}
-	return out, nil
+	return &cachedPod{
+		Name: pod.Name, node: unique.Make(pod.Spec.NodeName), shape: sharedShape(shape),
+		DeletionTimestamp: pod.DeletionTimestamp,
+		Finished:          pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed,
+	}, nil
 }
 
 func intern(s string) string { return unique.Make(s).Value() }
 
-// shared is a value, a labels map or a list of sysctls, that the pods
-// which have the same one hold together. It is never changed once made.
+// valueOf is the string of a handle, "" for the zero handle.
+func valueOf(h unique.Handle[string]) string {
+	if h == (unique.Handle[string]{}) {
+		return ""
+	}
+	return h.Value()
+}
+
+// shared is a value that the pods which have the same one hold together. It
+// is never changed once made.
 type shared[T any] struct{ v T }
 
 // sharing hands out the one shared value for each identity, while a cached
@@ -149,41 +162,39 @@ func (s *sharing[T]) forget(id string) {
 	}
 }
 
-var (
-	labelMaps    sharing[map[string]string]
-	sysctlSlices sharing[[]corev1.Sysctl]
-)
+var shapes sharing[podShape]
 
-// sharedLabels returns the one shared map with these labels.
-func sharedLabels(l map[string]string) *shared[map[string]string] {
-	keys := slices.Sorted(maps.Keys(l))
-	var b strings.Builder
+// sharedShape returns the one shared shape equal to p, its strings interned. Its
+// identity quotes every string: sysctl values, unlike label values, may hold
+// any byte.
+func sharedShape(p podShape) *shared[podShape] {
+	id := strconv.AppendQuote(nil, p.namespace)
+	id = strconv.AppendQuote(id, p.ownerKind)
+	id = strconv.AppendQuote(id, p.ownerName)
+	id = strconv.AppendQuote(id, p.os)
+	id = strconv.AppendBool(id, p.hostNetwork)
+	keys := slices.Sorted(maps.Keys(p.labels))
 	for _, k := range keys {
-		b.WriteString(k)
-		b.WriteByte(0)
-		b.WriteString(l[k])
-		b.WriteByte(0)
+		id = strconv.AppendQuote(strconv.AppendQuote(id, k), p.labels[k])
 	}
-	return labelMaps.get(b.String(), func() map[string]string {
-		m := make(map[string]string, len(l))
-		for k, v := range l {
-			m[intern(k)] = intern(v)
+	id = append(id, '|')
+	for _, c := range p.keepalive {
+		id = strconv.AppendQuote(strconv.AppendQuote(id, c.Name), c.Value)
+	}
+	return shapes.get(string(id), func() podShape {
+		out := podShape{namespace: intern(p.namespace), ownerKind: intern(p.ownerKind), ownerName: intern(p.ownerName),
+			os: intern(p.os), hostNetwork: p.hostNetwork}
+		if len(p.labels) > 0 {
+			out.labels = make(map[string]string, len(p.labels))
+			for _, k := range keys {
+				out.labels[intern(k)] = intern(p.labels[k])
+			}
 		}
-		return m
-	})
-}
-
-// sharedSysctls returns the one shared list with these sysctls, in order.
-// The values are quoted: unlike label values, they may hold any byte.
-func sharedSysctls(l []corev1.Sysctl) *shared[[]corev1.Sysctl] {
-	var id []byte
-	for _, s := range l {
-		id = strconv.AppendQuote(append(id, s.Name...), s.Value)
-	}
-	return sysctlSlices.get(string(id), func() []corev1.Sysctl {
-		out := make([]corev1.Sysctl, len(l))
-		for i, s := range l {
-			out[i] = corev1.Sysctl{Name: intern(s.Name), Value: intern(s.Value)}
+		if len(p.keepalive) > 0 {
+			out.keepalive = make([]corev1.Sysctl, len(p.keepalive))
+			for i, c := range p.keepalive {
+				out.keepalive[i] = corev1.Sysctl{Name: intern(c.Name), Value: intern(c.Value)}
+			}
 		}
 		return out
 	})

@@ -257,7 +257,7 @@ func running(pod *cachedPod) bool {
 }
 
 func podView(pod *cachedPod) keepalive.PodView {
-	return keepalive.PodView{Labels: pod.Labels(), HostNetwork: pod.HostNetwork, OS: pod.OS, Sysctls: pod.Keepalive()}
+	return keepalive.PodView{Labels: pod.Labels(), HostNetwork: pod.HostNetwork(), OS: pod.OS(), Sysctls: pod.Keepalive()}
 }
 
 // nodeInfo returns the kubelet and kernel of a node, nil for an unscheduled

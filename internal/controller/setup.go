@@ -310,7 +310,10 @@ func (m *mapper) recordRemoved(ctx context.Context, key workloadKey, o, n client
 func (m *mapper) podToWorkload() handler.TypedEventHandler[client.Object, workloadKey] {
 	check := func(ctx context.Context, obj client.Object, q workloadQueue) {
 		pod, ok := obj.(*cachedPod)
-		if !ok || !running(pod) || pod.OwnerKind == "" {
+		if !ok || !running(pod) {
+			return
+		}
+		if kind, _ := pod.Owner(); kind == "" {
 			return
 		}
 		d, ok := m.decide(ctx, pod)
@@ -335,11 +338,11 @@ func (m *mapper) podToWorkload() handler.TypedEventHandler[client.Object, worklo
 
 // decide is the admission decision for a pod as it is now.
 func (m *mapper) decide(ctx context.Context, pod *cachedPod) (keepalive.Decision, bool) {
-	ns, ok := namespaceOf(ctx, m.client, pod.Namespace)
+	ns, ok := namespaceOf(ctx, m.client, pod.GetNamespace())
 	if !ok {
 		return keepalive.Decision{}, false
 	}
-	namespaced, cluster, err := m.policies.inScope(ctx, pod.Namespace)
+	namespaced, cluster, err := m.policies.inScope(ctx, pod.GetNamespace())
 	if err != nil {
 		return keepalive.Decision{}, false
 	}

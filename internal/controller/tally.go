@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -50,7 +51,7 @@ type podName struct{ namespace, name string }
 // podEntry is what a pod adds to the counts: one contribution per policy
 // that selects it.
 type podEntry struct {
-	node     string
+	node     unique.Handle[string]
 	policies []contribution
 }
 
@@ -158,14 +159,14 @@ func (t *tally) get(ref keepalive.Ref) (podTally, bool) {
 	return out, true
 }
 
-func nameOf(pod *cachedPod) podName { return podName{pod.Namespace, pod.Name} }
+func nameOf(pod *cachedPod) podName { return podName{pod.GetNamespace(), pod.Name} }
 
 // podUpdated recounts a pod when something its counts depend on changed;
 // the many status updates of running pods change nothing.
 func (t *tally) podUpdated(ctx context.Context, old, o any) {
 	before, ok1 := asCachedPod(old)
 	after, ok2 := asCachedPod(o)
-	if ok1 && ok2 && running(before) == running(after) && before.NodeName == after.NodeName &&
+	if ok1 && ok2 && running(before) == running(after) && before.Node() == after.Node() &&
 		equality.Semantic.DeepEqual(before.Labels(), after.Labels()) {
 		return
 	}
@@ -182,7 +183,7 @@ func (t *tally) podChanged(ctx context.Context, o any) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	changed := map[keepalive.Ref]bool{}
-	current, _ := t.indexes.pods.get(pod.Namespace, pod.Name) // nil once deleted
+	current, _ := t.indexes.pods.get(pod.GetNamespace(), pod.Name) // nil once deleted
 	t.set(nameOf(pod), t.entry(ctx, current, nil), changed)
 	t.tell(changed)
 }
@@ -198,7 +199,7 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 	if only != nil {
 		pols = []keepalive.Policy{*only}
 	} else {
-		namespaced, cluster, err := t.policies.inScope(ctx, pod.Namespace)
+		namespaced, cluster, err := t.policies.inScope(ctx, pod.GetNamespace())
 		if err != nil {
 			logf.FromContext(ctx).Error(err, "count a pod")
 			return podEntry{}
@@ -208,12 +209,12 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 	if len(pols) == 0 {
 		return podEntry{}
 	}
-	ns, ok := namespaceOf(ctx, t.client, pod.Namespace)
+	ns, ok := namespaceOf(ctx, t.client, pod.GetNamespace())
 	if !ok {
 		return podEntry{} // a namespace event recounts its pods once it is cached
 	}
-	target := keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels(), NamespaceLabels: ns.Labels}
-	e := podEntry{node: pod.NodeName}
+	target := keepalive.Target{Namespace: pod.GetNamespace(), Labels: pod.Labels(), NamespaceLabels: ns.Labels}
+	e := podEntry{node: pod.node}
 	var node *keepalive.NodeInfo
 	nodeRead := false
 	cluster := t.cluster()
@@ -223,7 +224,7 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 			continue
 		}
 		if !nodeRead {
-			node, _ = nodeInfo(ctx, t.client, pod.NodeName)
+			node, _ = nodeInfo(ctx, t.client, pod.Node())
 			nodeRead = true
 		}
 		var o outcome
@@ -244,12 +245,12 @@ func (t *tally) set(key podName, e podEntry, changed map[keepalive.Ref]bool) {
 	old := t.pods[key]
 	for _, c := range old.policies {
 		if !slices.Contains(e.policies, c) || old.node != e.node {
-			changed[t.add(c, old.node, key.namespace, -1)] = true
+			changed[t.add(c, valueOf(old.node), key.namespace, -1)] = true
 		}
 	}
 	for _, c := range e.policies {
 		if !slices.Contains(old.policies, c) || old.node != e.node {
-			changed[t.add(c, e.node, key.namespace, 1)] = true
+			changed[t.add(c, valueOf(e.node), key.namespace, 1)] = true
 		}
 	}
 	if len(e.policies) == 0 {
@@ -371,7 +372,7 @@ func (t *tally) recountPolicy(ctx context.Context, obj policyObject) {
 		e := t.pods[key]
 		e.node = c.node
 		e.policies = append(slices.Clone(e.policies), c.policies[0])
-		t.add(c.policies[0], e.node, key.namespace, 1)
+		t.add(c.policies[0], valueOf(e.node), key.namespace, 1)
 		t.pods[key] = e
 	}
 }
@@ -401,7 +402,7 @@ func (t *tally) nodeUpdated(ctx context.Context, old, o any) {
 		return
 	}
 	// Rare enough (an upgrade) to look at every pod.
-	t.recountPods(ctx, "", func(p *cachedPod) bool { return p.NodeName == after.Name })
+	t.recountPods(ctx, "", func(p *cachedPod) bool { return p.Node() == after.Name })
 }
 
 // recountPods recounts the pods of a namespace ("" for all) that match.

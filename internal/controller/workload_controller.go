@@ -271,10 +271,11 @@ func (r *workloadReconciler) hasStalePods(ctx context.Context, key workloadKey, 
 	}
 	cluster := r.cluster()
 	for _, pod := range pods {
-		if !running(pod) || !slices.Contains(owners, pod.OwnerKind+"/"+pod.OwnerName) {
+		kind, name := pod.Owner()
+		if !running(pod) || !slices.Contains(owners, kind+"/"+name) {
 			continue
 		}
-		node, err := nodeInfo(ctx, r.client, pod.NodeName)
+		node, err := nodeInfo(ctx, r.client, pod.Node())
 		if err != nil {
 			return false, err
 		}

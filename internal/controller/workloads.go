@@ -253,12 +253,13 @@ func templatePatch(kind, resourceVersion string, d keepalive.Template) client.Pa
 // Job without CronJob, bare pods and pods of other controllers; key then
 // names what owns them, if anything.
 func owner(ctx context.Context, c client.Reader, pod *cachedPod) (key workloadKey, patchable bool, err error) {
-	if pod.OwnerKind == "" {
+	kind, name := pod.Owner()
+	if kind == "" {
 		return workloadKey{}, false, nil
 	}
-	key = workloadKey{Kind: pod.OwnerKind, Namespace: pod.Namespace, Name: pod.OwnerName}
+	key = workloadKey{Kind: kind, Namespace: pod.GetNamespace(), Name: name}
 	var parent client.Object
-	switch pod.OwnerKind {
+	switch kind {
 	case kindReplicaSet:
 		parent = &appsv1.ReplicaSet{}
 	case kindJob:
@@ -269,18 +270,18 @@ func owner(ctx context.Context, c client.Reader, pod *cachedPod) (key workloadKe
 		return key, false, nil
 	}
 	// Read only, once per pod event: no copy of the cached object.
-	if err := c.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: pod.OwnerName}, parent, client.UnsafeDisableDeepCopy); err != nil {
+	if err := c.Get(ctx, client.ObjectKey{Namespace: pod.GetNamespace(), Name: name}, parent, client.UnsafeDisableDeepCopy); err != nil {
 		// A ReplicaSet not cached yet is a Deployment's or a bare one:
 		// patchable either way.
-		return key, pod.OwnerKind == kindReplicaSet && apierrors.IsNotFound(err), client.IgnoreNotFound(fmt.Errorf("get %s: %w", key, err))
+		return key, kind == kindReplicaSet && apierrors.IsNotFound(err), client.IgnoreNotFound(fmt.Errorf("get %s: %w", key, err))
 	}
 	up := metav1.GetControllerOf(parent)
 	switch {
 	case up != nil && up.Kind == kindDeployment && up.APIVersion == "apps/v1":
-		return workloadKey{Kind: kindDeployment, Namespace: pod.Namespace, Name: up.Name}, true, nil
+		return workloadKey{Kind: kindDeployment, Namespace: pod.GetNamespace(), Name: up.Name}, true, nil
 	case up != nil && up.Kind == kindCronJob && up.APIVersion == "batch/v1":
-		return workloadKey{Kind: kindCronJob, Namespace: pod.Namespace, Name: up.Name}, true, nil
-	case up == nil && pod.OwnerKind == kindReplicaSet:
+		return workloadKey{Kind: kindCronJob, Namespace: pod.GetNamespace(), Name: up.Name}, true, nil
+	case up == nil && kind == kindReplicaSet:
 		return key, true, nil
 	}
 	return key, false, nil

@@ -2,11 +2,12 @@ package controller
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/google/go-cmp/cmp/cmpopts"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -204,13 +205,14 @@ func TestCachedPod(t *testing.T) {
 			Status: corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady}}},
 		}
 	}
+	if size := unsafe.Sizeof(cachedPod{}); size > 48 {
+		t.Errorf("a cached pod takes %d bytes, more than the 48 its comment promises", size)
+	}
 	out, _ := toCachedPod(pod("p1"))
 	p := out.(*cachedPod)
-	want := &cachedPod{
-		Name: "p1", Namespace: "ns", OwnerKind: "ReplicaSet", OwnerName: "x-abc", NodeName: "n", OS: "linux",
-	}
-	if diff := cmp.Diff(want, p, cmpopts.IgnoreUnexported(cachedPod{})); diff != "" {
-		t.Errorf("cached pod (-want +got):\n%s", diff)
+	kind, owner := p.Owner()
+	if got := []any{p.Name, p.GetNamespace(), kind, owner, p.Node(), p.OS(), p.HostNetwork(), p.Finished}; !slices.Equal(got, []any{"p1", "ns", "ReplicaSet", "x-abc", "n", "linux", false, false}) {
+		t.Errorf("cached pod: name, namespace, owner, node, os, hostNetwork, finished = %v", got)
 	}
 	if diff := cmp.Diff(map[string]string{"app": "x", "pod-template-hash": "abc"}, p.Labels()); diff != "" {
 		t.Errorf("labels (-want +got):\n%s", diff)
@@ -226,16 +228,26 @@ func TestCachedPod(t *testing.T) {
 	if key, err := toolscache.MetaNamespaceKeyFunc(p); err != nil || key != "ns/p1" {
 		t.Errorf("informer key = %q, %v", key, err)
 	}
-	// The replicas of one ReplicaSet share one labels map and one sysctl list.
-	out2, _ := toCachedPod(pod("p2"))
-	if p2 := out2.(*cachedPod); p2.labels != p.labels || p2.sysctls != p.sysctls {
-		t.Error("two pods with the same labels and sysctls got their own copies")
+	// The replicas of one ReplicaSet share one shape, whatever their node.
+	p2pod := pod("p2")
+	p2pod.Spec.NodeName = "m"
+	out2, _ := toCachedPod(p2pod)
+	if p2 := out2.(*cachedPod); p2.shape != p.shape || p2.Node() != "m" {
+		t.Errorf("two replicas on nodes n and m: shared shape %v, node %q", p2.shape == p.shape, p2.Node())
 	}
-	other := pod("p3")
-	other.Labels = map[string]string{"app": "y"}
-	other.Spec.SecurityContext.Sysctls[1].Value = "100"
-	if out3, _ := toCachedPod(other); out3.(*cachedPod).labels == p.labels || out3.(*cachedPod).sysctls == p.sysctls {
-		t.Error("a pod with other labels and sysctls got those of p1")
+	for name, change := range map[string]func(*corev1.Pod){
+		"labels":      func(o *corev1.Pod) { o.Labels = map[string]string{"app": "y"} },
+		"sysctls":     func(o *corev1.Pod) { o.Spec.SecurityContext.Sysctls[1].Value = "100" },
+		"namespace":   func(o *corev1.Pod) { o.Namespace = "other" },
+		"owner":       func(o *corev1.Pod) { o.OwnerReferences[0].Name = "x-def" },
+		"os":          func(o *corev1.Pod) { o.Spec.OS = nil },
+		"hostNetwork": func(o *corev1.Pod) { o.Spec.HostNetwork = true },
+	} {
+		other := pod("p3")
+		change(other)
+		if out3, _ := toCachedPod(other); out3.(*cachedPod).shape == p.shape {
+			t.Errorf("a pod with other %s got the shape of p1", name)
+		}
 	}
 	// A value cannot pass for two entries.
 	forged := pod("p5")
@@ -244,7 +256,7 @@ func TestCachedPod(t *testing.T) {
 	real.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: keepalive.SysctlTime, Value: "175"}, {Name: keepalive.SysctlProbes, Value: "9"}}
 	out5, _ := toCachedPod(forged)
 	out6, _ := toCachedPod(real)
-	if got := out6.(*cachedPod).Keepalive(); len(got) != 2 || out5.(*cachedPod).sysctls == out6.(*cachedPod).sysctls {
+	if got := out6.(*cachedPod).Keepalive(); len(got) != 2 || out5.(*cachedPod).shape == out6.(*cachedPod).shape {
 		t.Errorf("a forged value shares the list of two entries: %v", got)
 	}
 	if cp := p.DeepCopyObject().(*cachedPod); cp == p || cp.Name != "p1" || cp.Labels()["app"] != "x" {
@@ -272,5 +284,30 @@ func TestStripForCache(t *testing.T) {
 	d = out.(*appsv1.Deployment)
 	if len(d.Annotations) != 1 || d.Annotations["keepalive.io/managed-sysctls"] != "{}" || d.Spec.Template.Spec.Containers != nil || d.Status.ObservedGeneration != 2 {
 		t.Errorf("deployment stripped wrongly: %+v", d)
+	}
+	// A ReplicaSet is a workload of its own only without a controller.
+	ctrl := []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "d", Controller: new(true)}}
+	rs := func(owners []metav1.OwnerReference) *appsv1.ReplicaSet {
+		return &appsv1.ReplicaSet{
+			ObjectMeta: metav1.ObjectMeta{Name: "d-1", Namespace: "ns", ResourceVersion: "9", OwnerReferences: owners, Labels: map[string]string{"app": "d"},
+				Annotations: map[string]string{"keepalive.io/managed-sysctls": "{}"}},
+			Spec: appsv1.ReplicaSetSpec{Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "d"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}}},
+		}
+	}
+	out, _ = StripForCache(rs(ctrl))
+	want := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "d-1", Namespace: "ns", ResourceVersion: "9", OwnerReferences: ctrl}}
+	if diff := cmp.Diff(want, out); diff != "" {
+		t.Errorf("a Deployment's ReplicaSet (-want +got):\n%s", diff)
+	}
+	out, _ = StripForCache(rs(nil))
+	if bare := out.(*appsv1.ReplicaSet); bare.Annotations["keepalive.io/managed-sysctls"] != "{}" || bare.Spec.Template.Labels["app"] != "d" || bare.Spec.Template.Spec.Containers != nil {
+		t.Errorf("a bare ReplicaSet stripped wrongly: %+v", bare)
+	}
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "j", Namespace: "ns", OwnerReferences: ctrl, Labels: map[string]string{"a": "b"}},
+		Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}}}}
+	out, _ = StripForCache(job)
+	if diff := cmp.Diff(&batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "j", Namespace: "ns", OwnerReferences: ctrl}}, out); diff != "" {
+		t.Errorf("a Job (-want +got):\n%s", diff)
 	}
 }
