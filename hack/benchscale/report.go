@@ -50,7 +50,7 @@ func (b *bench) report(baseline *result, results []*result, took time.Duration) 
 			s.WriteString("---|")
 		}
 		s.WriteString("\n")
-		for _, row := range b.rows(baseline) {
+		for _, row := range b.rows(baseline, byRun) {
 			fmt.Fprintf(&s, "| %s |", row.name)
 			for _, r := range runs {
 				fmt.Fprintf(&s, " %s |", row.cell(r))
@@ -76,7 +76,7 @@ type row struct {
 	cell func(r *result) string
 }
 
-func (b *bench) rows(baseline *result) []row {
+func (b *bench) rows(baseline *result, byRun map[[2]int]*result) []row {
 	steady := func(f func(r *result) string) func(r *result) string {
 		return func(r *result) string {
 			if !r.converged {
@@ -97,6 +97,14 @@ func (b *bench) rows(baseline *result) []row {
 		{"RSS at rest, once the operator is quiet (MiB)", func(r *result) string { return fmt.Sprintf("%.1f", mib(r.restRSS)) }},
 		{"quiet after convergence (s)", func(r *result) string { return fmt.Sprintf("%.1f", r.quietAfter.Seconds()) }},
 		{"bytes per cached pod at rest", func(r *result) string { return fmt.Sprint(bytesPerPod(r, baseline)) }},
+		{"bytes at rest per pod added since the next smaller size", func(r *result) string {
+			i := slices.Index(b.sizes, r.size)
+			if i == 0 {
+				return "no smaller size"
+			}
+			prev := byRun[[2]int{b.sizes[i-1], r.limit}]
+			return fmt.Sprintf("%d (from %d pods)", (r.restRSS-prev.restRSS)/int64(r.size-prev.size), prev.size)
+		}},
 		{"requests from start to the policies", func(r *result) string { return tallyCell(r.startup) }},
 		{"requests during convergence", func(r *result) string { return tallyCell(r.conv) }},
 		{"writes during convergence", func(r *result) string { return format(r.conv.writes) }},
