@@ -32,7 +32,7 @@ type cachedPod struct {
 	Name              string
 	node              unique.Handle[string]
 	DeletionTimestamp *metav1.Time
-	shape             *shared[podShape]
+	shape             *podShape
 	// Finished is true once the pod succeeded or failed.
 	Finished bool
 }
@@ -56,7 +56,7 @@ func (p *cachedPod) shaped() *podShape {
 	if p.shape == nil {
 		return &noShape
 	}
-	return &p.shape.v
+	return p.shape
 }
 
 // Labels are the pod's labels, shared with the pods that have the same.
@@ -125,49 +125,26 @@ func valueOf(h unique.Handle[string]) string {
 	return h.Value()
 }
 
-// shared is a value that the pods which have the same one hold together. It
-// is never changed once made.
-type shared[T any] struct{ v T }
-
-// sharing hands out the one shared value for each identity, while a cached
-// pod holds it.
-type sharing[T any] struct {
+// shapes holds the one shape of each identity while a cached pod holds it.
+var shapes struct {
 	mu sync.Mutex
-	m  map[string]weak.Pointer[shared[T]]
+	m  map[string]weak.Pointer[podShape]
 }
 
-// get returns the shared value of id, made by build when no pod holds it.
-func (s *sharing[T]) get(id string, build func() T) *shared[T] {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = map[string]weak.Pointer[shared[T]]{}
-	}
-	if v := s.m[id].Value(); v != nil {
-		return v
-	}
-	v := &shared[T]{v: build()}
-	s.m[id] = weak.Make(v)
-	runtime.AddCleanup(v, s.forget, id)
-	return v
-}
-
-// forget drops an identity no pod holds, unless another value took its
+// forgetShape drops an identity no pod holds, unless another shape took its
 // place meanwhile.
-func (s *sharing[T]) forget(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m[id].Value() == nil {
-		delete(s.m, id)
+func forgetShape(id string) {
+	shapes.mu.Lock()
+	defer shapes.mu.Unlock()
+	if shapes.m[id].Value() == nil {
+		delete(shapes.m, id)
 	}
 }
 
-var shapes sharing[podShape]
-
-// sharedShape returns the one shared shape equal to p, its strings interned. Its
-// identity quotes every string: sysctl values, unlike label values, may hold
-// any byte.
-func sharedShape(p podShape) *shared[podShape] {
+// sharedShape returns the one shape equal to p, made with its strings
+// interned when no pod holds it. Its identity quotes every string: sysctl
+// values, unlike label values, may hold any byte.
+func sharedShape(p podShape) *podShape {
 	id := strconv.AppendQuote(nil, p.namespace)
 	id = strconv.AppendQuote(id, p.ownerKind)
 	id = strconv.AppendQuote(id, p.ownerName)
@@ -181,23 +158,31 @@ func sharedShape(p podShape) *shared[podShape] {
 	for _, c := range p.keepalive {
 		id = strconv.AppendQuote(strconv.AppendQuote(id, c.Name), c.Value)
 	}
-	return shapes.get(string(id), func() podShape {
-		out := podShape{namespace: intern(p.namespace), ownerKind: intern(p.ownerKind), ownerName: intern(p.ownerName),
-			os: intern(p.os), hostNetwork: p.hostNetwork}
-		if len(p.labels) > 0 {
-			out.labels = make(map[string]string, len(p.labels))
-			for _, k := range keys {
-				out.labels[intern(k)] = intern(p.labels[k])
-			}
+	shapes.mu.Lock()
+	defer shapes.mu.Unlock()
+	if shapes.m == nil {
+		shapes.m = map[string]weak.Pointer[podShape]{}
+	}
+	if v := shapes.m[string(id)].Value(); v != nil {
+		return v
+	}
+	out := &podShape{namespace: intern(p.namespace), ownerKind: intern(p.ownerKind), ownerName: intern(p.ownerName),
+		os: intern(p.os), hostNetwork: p.hostNetwork}
+	if len(p.labels) > 0 {
+		out.labels = make(map[string]string, len(p.labels))
+		for _, k := range keys {
+			out.labels[intern(k)] = intern(p.labels[k])
 		}
-		if len(p.keepalive) > 0 {
-			out.keepalive = make([]corev1.Sysctl, len(p.keepalive))
-			for i, c := range p.keepalive {
-				out.keepalive[i] = corev1.Sysctl{Name: intern(c.Name), Value: intern(c.Value)}
-			}
+	}
+	if len(p.keepalive) > 0 {
+		out.keepalive = make([]corev1.Sysctl, len(p.keepalive))
+		for i, c := range p.keepalive {
+			out.keepalive[i] = corev1.Sysctl{Name: intern(c.Name), Value: intern(c.Value)}
 		}
-		return out
-	})
+	}
+	shapes.m[string(id)] = weak.Make(out)
+	runtime.AddCleanup(out, forgetShape, string(id))
+	return out
 }
 
 // noMeta makes the cached pod a metav1.Object without an ObjectMeta: what

@@ -114,8 +114,7 @@ func newWorkloadList(kind string) client.ObjectList {
 	return nil
 }
 
-// podTemplate returns the pod template of a workload (a Job's too), nil for
-// anything else.
+// podTemplate returns the pod template of a workload, nil for anything else.
 func podTemplate(obj any) *corev1.PodTemplateSpec {
 	switch o := obj.(type) {
 	case *appsv1.Deployment:
@@ -128,8 +127,6 @@ func podTemplate(obj any) *corev1.PodTemplateSpec {
 		return &o.Spec.Template
 	case *batchv1.CronJob:
 		return &o.Spec.JobTemplate.Spec.Template
-	case *batchv1.Job:
-		return &o.Spec.Template
 	}
 	return nil
 }
