@@ -3,16 +3,20 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -23,6 +27,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -49,6 +54,8 @@ type options struct {
 	leaderElectionNS string
 	webhookCertPath  string
 	webhookPort      int
+	webhookReadTime  time.Duration
+	enableHTTP2      bool
 	unsafeSysctls    bool
 	operatorNS       string
 	maxRollouts      int
@@ -77,6 +84,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "Namespace of the leader election lease; the operator's own namespace when empty.")
 	fs.StringVar(&o.webhookCertPath, "webhook-cert-path", filepath.Join(os.TempDir(), "k8s-webhook-server", "serving-certs"), "Folder with tls.crt and tls.key for the webhook server; reloaded when they change. With --cert-rotation, mount the Secret --webhook-secret-name there.")
 	fs.IntVar(&o.webhookPort, "webhook-port", ctrlwebhook.DefaultPort, "Port the webhook server listens on.")
+	fs.DurationVar(&o.webhookReadTime, "webhook-read-timeout", 10*time.Second, "How long the webhook server waits for a request's body once its headers are in; a slower client gets an error and its connection is closed. The API server sends a review at once and gives up after the webhook's timeoutSeconds (30 s at most).")
+	fs.BoolVar(&o.enableHTTP2, "enable-http2", false, "Offer HTTP/2 on the webhook and metrics servers besides HTTP/1.1. Off by default: HTTP/2's stream handling is where the rapid-reset attacks (CVE-2023-44487, CVE-2023-39325) struck, and one review per request needs none of it.")
 	fs.BoolVar(&o.unsafeSysctls, "unsafe-sysctls-allowed", false, "Every kubelet allows the keepalive sysctls (--allowed-unsafe-sysctls): inject them even on clusters older than Kubernetes 1.29.")
 	fs.StringVar(&o.operatorNS, "operator-namespace", operatorNamespace(), "The operator's own namespace, never injected (default: POD_NAMESPACE, else the service account's namespace).")
 	fs.BoolVar(&o.certRotation, "cert-rotation", false, "Manage the webhook's certificate: a self-signed CA and serving certificate in the Secret --webhook-secret-name of the operator's namespace, rotated before expiry, with the CA injected into the webhook configuration. Off when cert-manager (or another tool) provides the certificate.")
@@ -121,6 +130,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.webhookPort < 1 || o.webhookPort > 65535 {
 		return o, fmt.Errorf("--webhook-port must be between 1 and 65535, is %d", o.webhookPort)
+	}
+	if o.webhookReadTime <= 0 {
+		return o, fmt.Errorf("--webhook-read-timeout must be positive, is %s", o.webhookReadTime)
 	}
 	return o, nil
 }
@@ -186,20 +198,25 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("build scheme: %w", err)
 	}
 
+	tlsOpts := []func(*tls.Config){serverTLS(o.enableHTTP2)}
 	metricsOpts := metricsserver.Options{
 		BindAddress:   o.metricsAddr,
 		SecureServing: o.metricsSecure,
 		CertDir:       o.metricsCertPath,
+		TLSOpts:       tlsOpts,
 	}
 	if o.metricsSecure {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
-	webhookServer := ctrlwebhook.NewServer(ctrlwebhook.Options{CertDir: o.webhookCertPath, Port: o.webhookPort})
 	certsReady := make(chan struct{})
+	whServer := webhookServer{
+		Server:      ctrlwebhook.NewServer(ctrlwebhook.Options{CertDir: o.webhookCertPath, Port: o.webhookPort, TLSOpts: tlsOpts}),
+		readTimeout: o.webhookReadTime,
+	}
 	if o.certRotation {
 		// The server starts once the rotator has written its certificate.
-		webhookServer = afterCerts{Server: webhookServer, ready: certsReady}
+		whServer.certsReady = certsReady
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,
@@ -209,17 +226,23 @@ func run(ctx context.Context, args []string) error {
 		HealthProbeBindAddress:  o.probeAddr,
 		LeaderElection:          o.leaderElect,
 		LeaderElectionID:        "keepalive-operator.keepalive.io",
-		LeaderElectionNamespace: o.leaderElectionNS,
+		LeaderElectionNamespace: cmp.Or(o.leaderElectionNS, o.operatorNS),
 		// The reconciler stops at once when it loses the lease; a new leader
 		// picks up from the API server's state.
 		LeaderElectionReleaseOnCancel: true,
-		WebhookServer:                 webhookServer,
+		WebhookServer:                 whServer,
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
 	if o.certRotation {
-		if err := rotator.AddRotator(mgr, &rotator.CertRotator{
+		// The rotator caches the one Secret and webhook configuration it
+		// works with, which are all that RBAC grants it.
+		narrow := rotatorManager{Manager: mgr, config: byName(mgr.GetConfig(), map[string]string{
+			"/api/v1/namespaces/" + o.operatorNS + "/secrets":                     o.webhookSecret,
+			"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations": o.webhookConfig,
+		})}
+		if err := rotator.AddRotator(narrow, &rotator.CertRotator{
 			SecretKey:      types.NamespacedName{Namespace: o.operatorNS, Name: o.webhookSecret},
 			CertDir:        o.webhookCertPath,
 			CAName:         "keepalive-operator-ca",
@@ -273,20 +296,90 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return ctrl.GetConfig()
 }
 
-// afterCerts starts the webhook server once its certificate is on disk.
-type afterCerts struct {
-	ctrlwebhook.Server
-	ready <-chan struct{}
+// serverTLS is the TLS configuration of the webhook and metrics servers: TLS
+// 1.2 at least, and HTTP/1.1 alone unless http2.
+func serverTLS(http2 bool) func(*tls.Config) {
+	return func(c *tls.Config) {
+		c.MinVersion = tls.VersionTLS12
+		c.NextProtos = []string{"http/1.1"}
+		if http2 {
+			c.NextProtos = []string{"h2", "http/1.1"}
+		}
+	}
 }
 
-func (s afterCerts) Start(ctx context.Context) error {
+// webhookServer is controller-runtime's webhook server with a deadline for
+// reading each request's body, and, when certsReady is set, started once the
+// certificate rotator has written its certificate.
+//
+// controller-runtime's server exposes no http.Server setting: its
+// ReadHeaderTimeout (32 s), IdleTimeout (90 s) and MaxHeaderBytes (1 MiB)
+// are fixed and there is no ReadTimeout. The body's deadline is therefore set
+// per request, through http.ResponseController, on the handlers registered
+// here; the pod handler bounds the body's size itself (4 MiB).
+type webhookServer struct {
+	ctrlwebhook.Server
+	readTimeout time.Duration
+	certsReady  <-chan struct{}
+}
+
+func (s webhookServer) Register(path string, hook http.Handler) {
+	s.Server.Register(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.readTimeout)); err != nil {
+			ctrl.Log.WithName("webhook").Error(err, "no read deadline for the request", "path", path)
+		}
+		hook.ServeHTTP(w, r)
+	}))
+}
+
+func (s webhookServer) Start(ctx context.Context) error {
+	if s.certsReady == nil {
+		return s.Server.Start(ctx)
+	}
 	select {
-	case <-s.ready:
+	case <-s.certsReady:
 		return s.Server.Start(ctx)
 	case <-ctx.Done():
 		return nil
 	}
 }
+
+// rotatorManager is the manager as the certificate rotator sees it: its own
+// cache, which it builds from GetConfig with no option to narrow it, uses
+// config.
+type rotatorManager struct {
+	manager.Manager
+	config *rest.Config
+}
+
+func (m rotatorManager) GetConfig() *rest.Config { return m.config }
+
+// byName is cfg whose list and watch requests of the given collection paths
+// select, by metadata.name, the one object named for the path: RBAC allows
+// a list or watch restricted to resourceNames only with that field selector.
+func byName(cfg *rest.Config, names map[string]string) *rest.Config {
+	cfg = rest.CopyConfig(cfg)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripper(func(req *http.Request) (*http.Response, error) {
+			for path, name := range names {
+				// The kubeconfig's server may have a path of its own.
+				if req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, path) {
+					req = req.Clone(req.Context())
+					q := req.URL.Query()
+					q.Set("fieldSelector", fields.OneTermEqualSelector("metadata.name", name).String())
+					req.URL.RawQuery = q.Encode()
+					break
+				}
+			}
+			return rt.RoundTrip(req)
+		})
+	})
+	return cfg
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 // operatorNamespace is the namespace the operator runs in, when it can tell.
 func operatorNamespace() string {
@@ -299,11 +392,12 @@ func operatorNamespace() string {
 	return ""
 }
 
-// Certificate rotation reads and writes its Secret in the operator's own
-// namespace (a Role, bound there) and fills the webhook configuration's
-// caBundle.
-// +kubebuilder:rbac:groups="",namespace=keepalive-system,resources=secrets,verbs=get;list;watch;update;patch
+// Certificate rotation reads and updates its Secret in the operator's own
+// namespace (a Role, bound there) and the caBundle of its webhook
+// configuration, by name only: with cert-manager the chart leaves both rules
+// out. The names are config/default's; the chart puts its own in.
+// +kubebuilder:rbac:groups="",namespace=keepalive-system,resources=secrets,resourceNames=keepalive-operator-webhook-tls,verbs=get;list;watch;update
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,resourceNames=keepalive-operator-webhook-configuration,verbs=get;list;watch;update
 // Leader election holds a Lease in the operator's namespace.
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=keepalive-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",namespace=keepalive-system,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=get;list;watch;update;patch

@@ -22,7 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
@@ -67,20 +66,7 @@ func helm(args ...string) (stdout, stderr string, err error) {
 
 // render returns the objects of `helm template` by kind/name.
 func render(args ...string) map[string]*unstructured.Unstructured {
-	out, stderr, err := helm(append([]string{"template", "t", chart, "--namespace", "keepalive-system"}, args...)...)
-	Expect(err).NotTo(HaveOccurred(), stderr)
-	objs := map[string]*unstructured.Unstructured{}
-	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(out), 4096)
-	for {
-		u := &unstructured.Unstructured{}
-		if err := dec.Decode(&u.Object); err != nil {
-			break
-		}
-		if len(u.Object) > 0 {
-			objs[u.GetKind()+"/"+u.GetName()] = u
-		}
-	}
-	return objs
+	return renderAs("t", "keepalive-system", args...)
 }
 
 var _ = It("passes helm lint", func() {

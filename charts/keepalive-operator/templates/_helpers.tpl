@@ -27,15 +27,36 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s-webhook-tls" (include "keepalive-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The rules of the generated manager role (config/rbac/role.yaml), by kind. */}}
+{{/* The rules of the generated manager role (config/rbac/role.yaml), by kind.
+The rules naming objects (resourceNames) are certificate rotation's: they get
+the release's names for config/default's, and are left out when cert-manager
+provides the certificate, since nothing rotates it then. */}}
 {{- define "keepalive-operator.rules" -}}
-{{- $kind := .kind -}}
-{{- range $doc := splitList "---" (.root.Files.Get "files/role.yaml") -}}
+{{- $root := .root -}}
+{{- $names := dict
+  "keepalive-operator-webhook-tls" (include "keepalive-operator.certSecret" $root)
+  "keepalive-operator-webhook-configuration" (include "keepalive-operator.fullname" $root) -}}
+{{- $rules := list -}}
+{{- range $doc := splitList "---" ($root.Files.Get "files/role.yaml") -}}
 {{- $obj := fromYaml $doc -}}
-{{- if eq (get $obj "kind") $kind -}}
-{{- toYaml (get $obj "rules") -}}
+{{- if eq (get $obj "kind") $.kind -}}
+{{- range $rule := get $obj "rules" -}}
+{{- if not (hasKey $rule "resourceNames") -}}
+{{- $rules = append $rules $rule -}}
+{{- else if not $root.Values.certManager.enabled -}}
+{{- $renamed := list -}}
+{{- range $rule.resourceNames -}}
+{{- if not (hasKey $names .) -}}
+{{- fail (printf "files/role.yaml names %s, which the chart does not map to a release name" .) -}}
+{{- end -}}
+{{- $renamed = append $renamed (get $names .) -}}
+{{- end -}}
+{{- $rules = append $rules (set (deepCopy $rule) "resourceNames" $renamed) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $rules -}}
 {{- end -}}
 
 {{/* matchExpressions as a label selector in kubectl syntax, for the operator's
