@@ -9,10 +9,11 @@ import (
 type ClusterKeepalivePolicySpec struct {
 	KeepalivePolicySpec `json:",inline"`
 
-	// namespaceSelector selects the namespaces the policy applies to. Absent
-	// selects every namespace that is not excluded.
+	// namespaceSelector selects the namespaces the policy applies to, by
+	// their labels. Absent or empty selects every namespace that is not
+	// excluded.
 	// +optional
-	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	NamespaceSelector *LabelSelector `json:"namespaceSelector,omitempty"`
 }
 
 // ClusterKeepalivePolicy keeps idle TCP connections of pods alive across the

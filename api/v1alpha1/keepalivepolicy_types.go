@@ -99,10 +99,10 @@ type Hop struct {
 // apply the keepalive values derived from them.
 // +kubebuilder:validation:XValidation:rule="!has(self.intervalSeconds) || self.intervalSeconds < self.idleTimeouts.map(h, has(h.seconds) ? h.seconds : (has(h.preset) ? {'aws-nlb': 350, 'aws-gwlb': 350, 'aws-nat-gateway': 350, 'aws-vpc-endpoint': 350, 'aws-network-firewall': 350, 'aws-ec2-conntrack': 350, 'aws-alb': 60, 'aws-clb': 60, 'azure-lb': 240, 'azure-lb-outbound': 1800, 'azure-nat-gateway': 240, 'gcp-cloud-nat': 1200, 'gcp-vpc-firewall': 600, 'kube-proxy-ipvs': 900}[h.preset] : 432000)).map(t, t - (t * (has(self.timePercent) ? self.timePercent : 50) / 100 < 1 ? 1 : t * (has(self.timePercent) ? self.timePercent : 50) / 100)).min()",message="intervalSeconds is too long: keepalive time plus intervalSeconds must be less than the shortest idle timeout, or the middlebox forgets the flow before the second probe"
 type KeepalivePolicySpec struct {
-	// podSelector selects the pods the policy applies to. Absent or empty
-	// selects every pod in scope.
+	// podSelector selects the pods the policy applies to, by their labels.
+	// Absent or empty selects every pod in scope.
 	// +optional
-	PodSelector *metav1.LabelSelector `json:"podSelector,omitempty"`
+	PodSelector *LabelSelector `json:"podSelector,omitempty"`
 
 	// idleTimeouts lists the middleboxes on the connection path, 1 to 16
 	// hops. The shortest timeout governs.

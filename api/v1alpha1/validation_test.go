@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/discovery"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -231,3 +232,158 @@ var _ = Describe("the CRD rules agree with internal/keepalive", func() {
 		})
 	}
 })
+
+// Selectors are checked by the API server with the rules the operator's
+// parser (metav1.LabelSelectorAsSelector) applies, plus bounds: what the
+// server accepts the operator can use, and what the operator would refuse
+// never gets stored.
+var _ = Describe("selectors", func() {
+	var (
+		name63  = strings.Repeat("n", 63)
+		prefix  = strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 61) // 253 characters
+		value63 = strings.Repeat("v", 63)
+		labels  = func(n int) string {
+			return "{matchLabels: {" + joinN(n, func(i int) string { return fmt.Sprintf("l%d: v", i) }) + "}}"
+		}
+		exprs = func(n int) string {
+			return "{matchExpressions: [" + joinN(n, func(i int) string { return fmt.Sprintf("{key: l%d, operator: Exists}", i) }) + "]}"
+		}
+		values = func(n int) string {
+			return "{matchExpressions: [{key: l, operator: In, values: [" + joinN(n, func(i int) string { return fmt.Sprintf("v%d", i) }) + "]}]}"
+		}
+		fieldsOf = map[string][]string{
+			"KeepalivePolicy":        {"podSelector"},
+			"ClusterKeepalivePolicy": {"podSelector", "namespaceSelector"},
+		}
+	)
+	withSelector := func(kind, field, selector string) *unstructured.Unstructured {
+		return policy(kind, "selector", fmt.Sprintf("idleTimeouts: [{preset: aws-nlb}]\n%s: %s", field, selector))
+	}
+
+	for _, kind := range []string{"KeepalivePolicy", "ClusterKeepalivePolicy"} {
+		for _, field := range fieldsOf[kind] {
+			// path is where the API server reports the error; message is
+			// what it says there.
+			rejects := func(runtimeRefuses bool) func(selector, path, message string) {
+				return func(selector, path, message string) {
+					obj := withSelector(kind, field, selector)
+					err := dryRun(obj)
+					Expect(err).To(HaveOccurred(), "the API server accepted %s: %s", field, selector)
+					Expect(err.Error()).To(ContainSubstring("spec."+field+path+": "), "the error names the field")
+					Expect(err.Error()).To(ContainSubstring(message))
+					if runtimeRefuses {
+						Expect(newPolicy(obj)).To(MatchError(ContainSubstring(field+": ")), "the operator would refuse it too")
+					}
+				}
+			}
+
+			DescribeTable(fmt.Sprintf("rejects an invalid %s of a %s", field, kind), rejects(true),
+				Entry("In without values", `{matchExpressions: [{key: tier, operator: In}]}`, ".matchExpressions[0]", "operator In needs at least one value"),
+				Entry("In with an empty list of values", `{matchExpressions: [{key: tier, operator: In, values: []}]}`, ".matchExpressions[0]", "operator In needs at least one value"),
+				Entry("NotIn without values", `{matchExpressions: [{key: tier, operator: NotIn}]}`, ".matchExpressions[0]", "operator NotIn needs at least one value"),
+				Entry("Exists with values", `{matchExpressions: [{key: tier, operator: Exists, values: [web]}]}`, ".matchExpressions[0]", "operator Exists takes no values"),
+				Entry("DoesNotExist with values", `{matchExpressions: [{key: tier, operator: DoesNotExist, values: [web]}]}`, ".matchExpressions[0]", "operator DoesNotExist takes no values"),
+				Entry("the second requirement invalid", `{matchExpressions: [{key: tier, operator: Exists}, {key: app, operator: In}]}`, ".matchExpressions[1]", "operator In needs at least one value"),
+				Entry("an unknown operator", `{matchExpressions: [{key: tier, operator: Bogus, values: [web]}]}`, ".matchExpressions[0].operator", `Unsupported value: "Bogus": supported values: "In", "NotIn", "Exists", "DoesNotExist"`),
+				Entry("an operator in the wrong case", `{matchExpressions: [{key: tier, operator: in, values: [web]}]}`, ".matchExpressions[0].operator", `Unsupported value: "in"`),
+				Entry("no operator", `{matchExpressions: [{key: tier}]}`, ".matchExpressions[0].operator", "Required value"),
+				Entry("no key", `{matchExpressions: [{operator: Exists}]}`, ".matchExpressions[0].key", "Required value"),
+				Entry("an empty key", `{matchExpressions: [{key: "", operator: Exists}]}`, ".matchExpressions[0].key", "should match"),
+				Entry("a key with a space", `{matchExpressions: [{key: "bad key!", operator: Exists}]}`, ".matchExpressions[0].key", "should match"),
+				Entry("a key with an uppercase prefix", `{matchExpressions: [{key: Example.com/tier, operator: Exists}]}`, ".matchExpressions[0].key", "should match"),
+				Entry("a key with an empty prefix", `{matchExpressions: [{key: /tier, operator: Exists}]}`, ".matchExpressions[0].key", "should match"),
+				Entry("a key with two slashes", `{matchExpressions: [{key: example.com/a/b, operator: Exists}]}`, ".matchExpressions[0].key", "should match"),
+				Entry("a key ending in a dash", `{matchExpressions: [{key: tier-, operator: Exists}]}`, ".matchExpressions[0].key", "should match"),
+				Entry("a key whose name is 64 characters", `{matchExpressions: [{key: `+name63+`x, operator: Exists}]}`, ".matchExpressions[0].key", "should match"),
+				Entry("a key whose prefix is 254 characters", `{matchExpressions: [{key: `+prefix+`d/tier, operator: Exists}]}`, ".matchExpressions[0].key", "the prefix of the key, before the slash, must be at most 253 characters"),
+				Entry("a value with a space", `{matchExpressions: [{key: tier, operator: In, values: [web, "bad value!"]}]}`, ".matchExpressions[0].values[1]", "should match"),
+				Entry("a value starting with a dot", `{matchExpressions: [{key: tier, operator: NotIn, values: [.web]}]}`, ".matchExpressions[0].values[0]", "should match"),
+				Entry("a value of 64 characters", `{matchExpressions: [{key: tier, operator: In, values: [`+value63+`x]}]}`, ".matchExpressions[0].values[0]", "63"),
+				Entry("a label key with a space", `{matchLabels: {"bad key!": v}}`, ".matchLabels", "every key must be a label key"),
+				Entry("an empty label key", `{matchLabels: {"": v}}`, ".matchLabels", "every key must be a label key"),
+				Entry("a label key with two slashes", `{matchLabels: {example.com/a/b: v}}`, ".matchLabels", "every key must be a label key"),
+				Entry("a label key with an empty prefix", `{matchLabels: {/tier: v}}`, ".matchLabels", "every key must be a label key"),
+				Entry("a label key whose name is 64 characters", `{matchLabels: {`+name63+`x: v}}`, ".matchLabels", "every key must be a label key"),
+				Entry("a label key whose prefix is 254 characters", `{matchLabels: {`+prefix+`d/tier: v}}`, ".matchLabels", "every key must be a label key"),
+				Entry("a label value with a space", `{matchLabels: {tier: "bad value!"}}`, ".matchLabels.tier", "should match"),
+				Entry("a label value ending in an underscore", `{matchLabels: {tier: web_}}`, ".matchLabels.tier", "should match"),
+				Entry("a label value of 64 characters", `{matchLabels: {tier: `+value63+`x}}`, ".matchLabels.tier", "63"),
+			)
+
+			DescribeTable(fmt.Sprintf("holds the %s of a %s to bounds", field, kind), rejects(false),
+				Entry("65 labels", labels(65), ".matchLabels", "Too many: 65: must have at most 64 items"),
+				Entry("65 requirements", exprs(65), ".matchExpressions", "Too many: 65: must have at most 64 items"),
+				Entry("1025 values", values(1025), ".matchExpressions[0].values", "Too many: 1025: must have at most 1024 items"),
+			)
+
+			DescribeTable(fmt.Sprintf("accepts a valid %s of a %s", field, kind),
+				func(selector string) {
+					obj := withSelector(kind, field, selector)
+					Expect(dryRun(obj)).To(Succeed(), "%s: %s", field, selector)
+					Expect(newPolicy(obj)).To(Succeed(), "the operator can use what the API server accepts")
+				},
+				Entry("empty", `{}`),
+				Entry("with empty lists", `{matchLabels: {}, matchExpressions: []}`),
+				Entry("with labels", `{matchLabels: {app.kubernetes.io/name: api, tier: "", version: v1.2_3-rc}}`),
+				Entry("with all four operators", `{matchExpressions: [{key: app.kubernetes.io/name, operator: In, values: [api, web]}, {key: tier, operator: NotIn, values: [batch, ""]}, {key: example.com/canary, operator: Exists}, {key: legacy, operator: DoesNotExist, values: []}]}`),
+				Entry("with labels and requirements", `{matchLabels: {team: shop}, matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [shop-sandbox]}]}`),
+				Entry("with the longest key and value", `{matchLabels: {`+prefix+`/`+name63+`: `+value63+`}, matchExpressions: [{key: `+prefix+`/`+name63+`, operator: In, values: [`+value63+`]}]}`),
+				Entry("with one-character keys and values", `{matchLabels: {a: b}, matchExpressions: [{key: x/y, operator: In, values: [z]}]}`),
+				Entry("with 64 labels", labels(64)),
+				Entry("with 64 requirements", exprs(64)),
+				Entry("with 1024 values", values(1024)),
+			)
+		}
+	}
+
+	It("rejects an invalid selector on update too", func() {
+		p := withSelector("ClusterKeepalivePolicy", "namespaceSelector", `{matchLabels: {team: shop}}`)
+		Expect(k8sClient.Create(ctx, p)).To(Succeed())
+		DeferCleanup(func() { Expect(k8sClient.Delete(ctx, p)).To(Succeed()) })
+		Expect(unstructured.SetNestedSlice(p.Object, []any{map[string]any{"key": "tier", "operator": "In"}}, "spec", "namespaceSelector", "matchExpressions")).To(Succeed())
+		err := k8sClient.Update(ctx, p)
+		Expect(err).To(HaveOccurred())
+		Expect(err.Error()).To(ContainSubstring("spec.namespaceSelector.matchExpressions[0]: "))
+		Expect(err.Error()).To(ContainSubstring("operator In needs at least one value"))
+	})
+
+	It("shows the field and the rule through kubectl apply", func() {
+		manifest := `apiVersion: keepalive.io/v1alpha1
+kind: KeepalivePolicy
+metadata: {name: bad-selector, namespace: ` + namespace + `}
+spec:
+  idleTimeouts: [{preset: aws-nlb}]
+  podSelector:
+    matchExpressions: [{key: tier, operator: In}]
+`
+		_, stderr, err := env.Kubectl(manifest, "apply", "-f", "-")
+		Expect(err).To(HaveOccurred())
+		Expect(stderr).To(ContainSubstring(`The KeepalivePolicy "bad-selector" is invalid: spec.podSelector.matchExpressions[0]: `))
+		Expect(stderr).To(ContainSubstring(`operator In needs at least one value`))
+		GinkgoWriter.Println(stderr)
+	})
+})
+
+// joinN joins n strings made by f with ", ".
+func joinN(n int, f func(int) string) string {
+	s := make([]string, n)
+	for i := range s {
+		s[i] = f(i)
+	}
+	return strings.Join(s, ", ")
+}
+
+// newPolicy is what the operator makes of a policy the API server stores.
+func newPolicy(u *unstructured.Unstructured) error {
+	var err error
+	if u.GetKind() == "KeepalivePolicy" {
+		p := &v1alpha1.KeepalivePolicy{}
+		Expect(runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p)).To(Succeed())
+		_, err = keepalive.NewPolicy(p)
+	} else {
+		p := &v1alpha1.ClusterKeepalivePolicy{}
+		Expect(runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p)).To(Succeed())
+		_, err = keepalive.NewClusterPolicy(p)
+	}
+	return err
+}

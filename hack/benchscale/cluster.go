@@ -162,7 +162,7 @@ var wantSysctls = map[string]string{
 
 func policySpec(preset v1alpha1.Preset) v1alpha1.KeepalivePolicySpec {
 	return v1alpha1.KeepalivePolicySpec{
-		PodSelector:  &metav1.LabelSelector{MatchLabels: map[string]string{groupLabel: "a"}},
+		PodSelector:  &v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{groupLabel: "a"}},
 		IdleTimeouts: []v1alpha1.Hop{{Preset: preset}},
 		Mode:         v1alpha1.ModeEnforce,
 		Rollout:      v1alpha1.RolloutPatchTemplates,

@@ -60,7 +60,7 @@ func NewClusterPolicy(p *v1alpha1.ClusterKeepalivePolicy) (Policy, error) {
 	return newPolicy(Ref{Kind: KindClusterKeepalivePolicy, Name: p.Name}, p.Spec.KeepalivePolicySpec, p.Spec.NamespaceSelector)
 }
 
-func newPolicy(ref Ref, spec v1alpha1.KeepalivePolicySpec, nsSel *metav1.LabelSelector) (Policy, error) {
+func newPolicy(ref Ref, spec v1alpha1.KeepalivePolicySpec, nsSel *v1alpha1.LabelSelector) (Policy, error) {
 	res, err := Compute(spec)
 	if err != nil {
 		return Policy{}, err
@@ -75,12 +75,13 @@ func newPolicy(ref Ref, spec v1alpha1.KeepalivePolicySpec, nsSel *metav1.LabelSe
 	return pol, nil
 }
 
-// selector returns nil for a selector that selects everything.
-func selector(s *metav1.LabelSelector) (labels.Selector, error) {
+// selector returns nil for a selector that selects everything. The API
+// server checks selectors, but one stored before it did still fails here.
+func selector(s *v1alpha1.LabelSelector) (labels.Selector, error) {
 	if s == nil || (len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0) {
 		return nil, nil
 	}
-	return metav1.LabelSelectorAsSelector(s)
+	return metav1.LabelSelectorAsSelector(s.AsLabelSelector())
 }
 
 // Target is a pod as policies see it.

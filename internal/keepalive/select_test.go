@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
@@ -78,7 +77,7 @@ func TestApplies(t *testing.T) {
 		"namespaced, empty pod selector selects all": {
 			mustPolicy(t, func() *v1alpha1.KeepalivePolicy {
 				p := nlb.Policy("shop", "p")
-				p.Spec.PodSelector = &metav1.LabelSelector{}
+				p.Spec.PodSelector = &v1alpha1.LabelSelector{}
 				return p
 			}()), shop, true,
 		},
@@ -95,8 +94,8 @@ func TestApplies(t *testing.T) {
 		"cluster, expression selector": {
 			mustClusterPolicy(t, func() *v1alpha1.ClusterKeepalivePolicy {
 				p := nlb.ClusterPolicy("c", nil)
-				p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-					{Key: "team", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"billing"}},
+				p.Spec.NamespaceSelector = &v1alpha1.LabelSelector{MatchExpressions: []v1alpha1.LabelSelectorRequirement{
+					{Key: "team", Operator: v1alpha1.LabelSelectorOpNotIn, Values: []v1alpha1.LabelValue{"billing"}},
 				}}
 				return p
 			}()), shop, true,
@@ -165,7 +164,8 @@ func reversed(p []Policy) []Policy {
 }
 
 func TestNewPolicyRejects(t *testing.T) {
-	badSelector := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "a", Operator: "Near"}}}
+	// A selector stored before the API server checked selectors.
+	badSelector := &v1alpha1.LabelSelector{MatchExpressions: []v1alpha1.LabelSelectorRequirement{{Key: "a", Operator: "Near"}}}
 	cases := map[string]struct {
 		build func() (Policy, error)
 		want  string

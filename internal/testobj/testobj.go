@@ -62,8 +62,17 @@ func (w *SpecWrapper) Rollout(r v1alpha1.Rollout) *SpecWrapper {
 
 // PodLabels sets podSelector to match these labels.
 func (w *SpecWrapper) PodLabels(l map[string]string) *SpecWrapper {
-	w.PodSelector = &metav1.LabelSelector{MatchLabels: l}
+	w.PodSelector = matchLabels(l)
 	return w
+}
+
+// matchLabels is a selector of the objects that carry all these labels.
+func matchLabels(l map[string]string) *v1alpha1.LabelSelector {
+	s := &v1alpha1.LabelSelector{MatchLabels: make(map[string]v1alpha1.LabelValue, len(l))}
+	for k, v := range l {
+		s.MatchLabels[k] = v1alpha1.LabelValue(v)
+	}
+	return s
 }
 
 // Obj returns the spec.
@@ -85,7 +94,7 @@ func (w *SpecWrapper) ClusterPolicy(name string, nsLabels map[string]string) *v1
 		Spec:       v1alpha1.ClusterKeepalivePolicySpec{KeepalivePolicySpec: w.Obj()},
 	}
 	if nsLabels != nil {
-		p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: nsLabels}
+		p.Spec.NamespaceSelector = matchLabels(nsLabels)
 	}
 	return p
 }
