@@ -230,6 +230,13 @@ type WorkloadCounts struct {
 	// policy's events name them and the error.
 	// +optional
 	Failed int32 `json:"failed"`
+
+	// reverted is the number of workloads whose template another writer
+	// (a GitOps tool, say) reverted three times within an hour: the
+	// operator leaves them alone until their template carries the values
+	// or the policy changes. The policy's events name the writer.
+	// +optional
+	Reverted int32 `json:"reverted"`
 }
 
 // KeepalivePolicyStatus is what the operator observed and computed.

@@ -273,6 +273,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	if err := controller.Setup(mgr, controller.Options{
 		Cluster:               admission.Cluster,
+		OnOldNodes:            admission.Store.OnOldNodes,
 		MaxConcurrentRollouts: o.maxRollouts,
 		ProgressDeadline:      o.progressDeadline,
 	}); err != nil {

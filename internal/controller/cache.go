@@ -23,7 +23,8 @@ func CacheOptions() cache.Options {
 // StripForCache keeps of an object what the operator reads from its cache,
 // so that caching every pod, node and workload of a cluster costs little.
 // Workloads keep their spec and status but of their template only what the
-// decisions read (labels, hostNetwork, os, sysctls); their annotations only
+// decisions read (labels, hostNetwork, os, sysctls, nodeName, nodeSelector,
+// required node affinity); their annotations only
 // the operator's record. A Job, or a ReplicaSet with a controller, is read
 // only to find its controller: the cache keeps its name and owners. Writes
 // are patches of those fields alone.
@@ -36,6 +37,7 @@ func StripForCache(obj any) (any, error) {
 		return &corev1.Node{
 			TypeMeta:   o.TypeMeta,
 			ObjectMeta: metav1.ObjectMeta{Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Labels: o.Labels},
+			Spec:       corev1.NodeSpec{Unschedulable: o.Spec.Unschedulable},
 			Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{
 				KubeletVersion: o.Status.NodeInfo.KubeletVersion, KernelVersion: o.Status.NodeInfo.KernelVersion,
 			}},
@@ -75,8 +77,14 @@ func stripWorkload(m metav1.Object, t *corev1.PodTemplateSpec) {
 	if t.Spec.SecurityContext != nil && len(t.Spec.SecurityContext.Sysctls) > 0 {
 		sc = &corev1.PodSecurityContext{Sysctls: t.Spec.SecurityContext.Sysctls}
 	}
+	var affinity *corev1.Affinity
+	if a := t.Spec.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+		affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution}}
+	}
 	*t = corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{Labels: t.Labels},
-		Spec:       corev1.PodSpec{SecurityContext: sc, HostNetwork: t.Spec.HostNetwork, OS: t.Spec.OS},
+		Spec: corev1.PodSpec{SecurityContext: sc, HostNetwork: t.Spec.HostNetwork, OS: t.Spec.OS,
+			NodeName: t.Spec.NodeName, NodeSelector: t.Spec.NodeSelector, Affinity: affinity},
 	}
 }

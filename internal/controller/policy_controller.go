@@ -31,6 +31,9 @@ const Finalizer = "keepalive.io/restore"
 type Options struct {
 	// Cluster is what the decisions need of the cluster.
 	Cluster func() keepalive.Cluster
+	// OnOldNodes registers a function to call after each change of
+	// Cluster().OldNodes; nil when they never change.
+	OnOldNodes func(func())
 	// MaxConcurrentRollouts is how many workloads may replace their pods
 	// because of the operator at once, across the cluster; 0 is no limit.
 	MaxConcurrentRollouts int
@@ -64,6 +67,7 @@ type policyReconciler[T policyObject] struct {
 	policies *policySet
 	slots    *slots
 	failures *failures
+	reverts  *reverts
 	tally    *tally
 	indexes  *indexes
 
@@ -184,7 +188,7 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) (ctrl.
 	status.Workloads = &w.counts
 	recordPods(pol.Ref.String(), s.counts.Matched, s.counts.Compliant, s.counts.Stale, s.counts.Skipped)
 
-	blocked := podsBlockedCondition(s)
+	blocked := podsBlockedCondition(s, keepalive.DescribeOldNodes(r.cluster()))
 	if old := meta.FindStatusCondition(status.Conditions, ConditionPodsBlocked); blocked.Status == metav1.ConditionTrue &&
 		(old == nil || old.Status != metav1.ConditionTrue) {
 		r.events.Eventf(obj, nil, corev1.EventTypeWarning, ReasonBlocked, "Survey", "%s", blocked.Message)
@@ -234,6 +238,7 @@ func (r *policyReconciler[T]) workloads(ctx context.Context, ref keepalive.Ref) 
 	})
 	w.counts.Rolling, w.counts.Pending = r.slots.count(ref.String())
 	w.counts.Failed, w.failedExample = r.failures.count(ref.String())
+	w.counts.Reverted = r.reverts.count(ref.String())
 	return w, err
 }
 
@@ -257,7 +262,8 @@ func running(pod *cachedPod) bool {
 }
 
 func podView(pod *cachedPod) keepalive.PodView {
-	return keepalive.PodView{Labels: pod.Labels(), HostNetwork: pod.HostNetwork(), OS: pod.OS(), Sysctls: pod.Keepalive()}
+	return keepalive.PodView{Labels: pod.Labels(), HostNetwork: pod.HostNetwork(), OS: pod.OS(), Sysctls: pod.Keepalive(),
+		Placement: keepalive.Placement{NodeName: pod.Node()}}
 }
 
 // nodeInfo returns the kubelet and kernel of a node, nil for an unscheduled

@@ -64,6 +64,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	policies := newPolicySet(c)
 	sl := newSlots(opts.MaxConcurrentRollouts, opts.ProgressDeadline)
 	fl := newFailures()
+	rv := newReverts()
 	var workloadQ queue[workloadKey]
 	var kapQ, ckapQ queue[reconcile.Request]
 	notify := func(ref string) {
@@ -86,7 +87,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 
 	w := &workloadReconciler{
 		client: c, live: mgr.GetAPIReader(), events: recorder, cluster: opts.Cluster,
-		policies: policies, slots: sl, failures: fl, indexes: idx,
+		policies: policies, slots: sl, failures: fl, reverts: rv, indexes: idx,
 		wake: func(keys ...workloadKey) { workloadQ.addAfter(0, keys...) }, notify: notify,
 	}
 	b := builder.TypedControllerManagedBy[workloadKey](mgr).
@@ -105,14 +106,18 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 
 	kap := &policyReconciler[*v1alpha1.KeepalivePolicy]{
-		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, tally: t, indexes: idx,
+		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, reverts: rv, tally: t, indexes: idx,
 		kind: keepalive.KindKeepalivePolicy, namespaced: true,
 		newObj: func() *v1alpha1.KeepalivePolicy { return &v1alpha1.KeepalivePolicy{} },
 	}
 	ckap := &policyReconciler[*v1alpha1.ClusterKeepalivePolicy]{
-		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, tally: t, indexes: idx,
+		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, reverts: rv, tally: t, indexes: idx,
 		kind:   keepalive.KindClusterKeepalivePolicy,
 		newObj: func() *v1alpha1.ClusterKeepalivePolicy { return &v1alpha1.ClusterKeepalivePolicy{} },
+	}
+	if opts.OnOldNodes != nil {
+		nodes := &oldNodeWatch{client: c, cluster: opts.Cluster, workloads: &workloadQ, kap: &kapQ, ckap: &ckapQ, delay: opts.StatusDelay}
+		opts.OnOldNodes(nodes.changed)
 	}
 	return errors.Join(
 		setupPolicy(mgr, kap, m, &kapQ, opts.StatusDelay),
@@ -147,6 +152,13 @@ func (q *queue[T]) capture(_ context.Context, wq workqueue.TypedRateLimitingInte
 	defer q.mu.Unlock()
 	q.q = wq
 	return nil
+}
+
+// running reports whether the controller runs, on this replica.
+func (q *queue[T]) running() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.q != nil
 }
 
 func (q *queue[T]) addAfter(d time.Duration, items ...T) {

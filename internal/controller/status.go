@@ -24,6 +24,7 @@ const (
 	ReasonAuditOnly         = "AuditOnly"
 	ReasonRolloutDisabled   = "RolloutDisabled"
 	ReasonWorkloadsFailed   = "WorkloadsFailed"
+	ReasonTemplatesReverted = "TemplatesReverted"
 	ReasonL7Proxy           = "KeepaliveDoesNotResetProxyTimer"
 	ReasonNoL7Proxy         = "NoL7Proxy"
 	ReasonBlocked           = "PodsCannotTakeSysctls"
@@ -66,6 +67,10 @@ func readyCondition(spec *v1alpha1.KeepalivePolicySpec, s podTally, w workloadTa
 	case n.Failed > 0:
 		c.Status, c.Reason = metav1.ConditionFalse, ReasonWorkloadsFailed
 		c.Message = fmt.Sprintf("%d workloads could not be brought to their values, %s among them; the policy's events give the errors", n.Failed, w.failedExample)
+	case n.Reverted > 0:
+		c.Status, c.Reason = metav1.ConditionFalse, ReasonTemplatesReverted
+		c.Message = fmt.Sprintf("%d workloads are left alone: another writer reverted their template %d times within %s; "+
+			"the policy's events name it and the ways out", n.Reverted, revertLimit, revertWindow)
 	case n.Pending > 0 || n.Rolling > 0:
 		c.Status, c.Reason = metav1.ConditionFalse, ReasonRolloutInProgress
 		c.Message = fmt.Sprintf("%d workloads rolling out, %d waiting for a rollout slot", n.Rolling, n.Pending)
@@ -117,8 +122,10 @@ var blockedCauses = map[keepalive.SkipReason]string{
 	keepalive.SkipClusterVersion:     "cluster older than 1.29 without --unsafe-sysctls-allowed",
 }
 
-// podsBlockedCondition counts the pods that cannot take the values, by cause.
-func podsBlockedCondition(s podTally) metav1.Condition {
+// podsBlockedCondition counts the pods that cannot take the values, by
+// cause, and names the schedulable nodes that keep new pods from them
+// (oldNodes, from keepalive.DescribeOldNodes).
+func podsBlockedCondition(s podTally, oldNodes string) metav1.Condition {
 	var total int32
 	var parts []string
 	for _, reason := range slices.Sorted(maps.Keys(s.blocked)) {
@@ -133,10 +140,17 @@ func podsBlockedCondition(s podTally) metav1.Condition {
 		}
 		parts = append(parts, part)
 	}
-	if total == 0 {
+	var msgs []string
+	if total > 0 {
+		msgs = append(msgs, fmt.Sprintf("%d pods cannot take the keepalive sysctls: %s", total, strings.Join(parts, "; ")))
+	}
+	if oldNodes != "" {
+		msgs = append(msgs, oldNodes+"; new pods that could be scheduled there are admitted without the values, "+
+			"and neither are the templates of workloads whose pods could be, until those nodes are upgraded, cordoned or gone")
+	}
+	if len(msgs) == 0 {
 		return metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionFalse, Reason: ReasonNoneBlocked,
 			Message: "no selected pod is kept from the values"}
 	}
-	return metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked,
-		Message: fmt.Sprintf("%d pods cannot take the keepalive sysctls: %s", total, strings.Join(parts, "; "))}
+	return metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked, Message: strings.Join(msgs, ". ")}
 }

@@ -78,10 +78,11 @@ func TestL7Condition(t *testing.T) {
 
 func TestPodsBlockedCondition(t *testing.T) {
 	cases := map[string]struct {
-		s    podTally
-		want metav1.Condition
+		s        podTally
+		oldNodes string
+		want     metav1.Condition
 	}{
-		"none": {podTally{}, metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionFalse, Reason: ReasonNoneBlocked, Message: "no selected pod is kept from the values"}},
+		"none": {podTally{}, "", metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionFalse, Reason: ReasonNoneBlocked, Message: "no selected pod is kept from the values"}},
 		"every cause": {podTally{
 			blocked: map[keepalive.SkipReason]int32{
 				keepalive.SkipHostNetwork: 2, keepalive.SkipWindows: 1, keepalive.SkipPodSecurityVersion: 3,
@@ -89,14 +90,24 @@ func TestPodsBlockedCondition(t *testing.T) {
 			},
 			blockedNamespaces: map[string]int32{"legacy": 1, "batch": 2},
 			blockedNodes:      map[string]int32{"node-b": 1, "node-a": 1},
-		}, metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked,
+		}, "", metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked,
 			Message: "9 pods cannot take the keepalive sysctls: 1 cluster older than 1.29 without --unsafe-sysctls-allowed; 2 hostNetwork; " +
 				"1 kernel older than 4.5 (nodes node-a, node-b); 1 kubelet older than 1.29 (nodes node-a, node-b); " +
 				"3 Pod Security enforce-version older than v1.29 (namespaces batch, legacy); 1 Windows"}},
+		"old nodes and no pod blocked yet": {podTally{}, "1 schedulable node cannot take the keepalive sysctls: old-1 (kubelet v1.28.5)",
+			metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked,
+				Message: "1 schedulable node cannot take the keepalive sysctls: old-1 (kubelet v1.28.5); new pods that could be scheduled there " +
+					"are admitted without the values, and neither are the templates of workloads whose pods could be, until those nodes are upgraded, cordoned or gone"}},
+		"old nodes and blocked pods": {podTally{blocked: map[keepalive.SkipReason]int32{keepalive.SkipNodeKubelet: 2}, blockedNodes: map[string]int32{"old-1": 2}},
+			"1 schedulable node cannot take the keepalive sysctls: old-1 (kubelet v1.28.5)",
+			metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked,
+				Message: "2 pods cannot take the keepalive sysctls: 2 kubelet older than 1.29 (nodes old-1). 1 schedulable node cannot take the keepalive sysctls: " +
+					"old-1 (kubelet v1.28.5); new pods that could be scheduled there are admitted without the values, and neither are the templates of workloads " +
+					"whose pods could be, until those nodes are upgraded, cordoned or gone"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			if diff := cmp.Diff(tc.want, podsBlockedCondition(tc.s)); diff != "" {
+			if diff := cmp.Diff(tc.want, podsBlockedCondition(tc.s, tc.oldNodes)); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})

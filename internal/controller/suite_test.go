@@ -19,6 +19,7 @@ import (
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
+	"github.com/keepalive-operator/keepalive-operator/internal/webhook"
 )
 
 // The suite runs the reconcilers against a real kube-apiserver and etcd, as
@@ -76,14 +77,22 @@ var _ = BeforeSuite(func() {
 		mo.Controller = config.Controller{SkipNameValidation: ptr.To(true)}
 		mgr, err := ctrl.NewManager(operator, mo)
 		Expect(err).NotTo(HaveOccurred())
+		mctx, cancel := context.WithCancel(ctx)
+		// The nodes come from the webhook's store, as in the operator.
+		nodes := webhook.NewStore(logf.Log.WithName("store"))
+		Expect(nodes.Watch(mctx, mgr.GetCache())).To(Succeed())
 		Expect(Setup(mgr, Options{
-			Cluster:               func() keepalive.Cluster { return cluster },
+			Cluster: func() keepalive.Cluster {
+				c := cluster
+				c.OldNodes = nodes.OldNodes()
+				return c
+			},
+			OnOldNodes:            nodes.OnOldNodes,
 			MaxConcurrentRollouts: maxRollouts,
 			ProgressDeadline:      8 * time.Second,
 			StatusDelay:           200 * time.Millisecond,
 			PolicyDelay:           300 * time.Millisecond,
 		})).To(Succeed())
-		mctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() {
 			defer GinkgoRecover()

@@ -39,6 +39,7 @@ type workloadReconciler struct {
 	policies *policySet
 	slots    *slots
 	failures *failures
+	reverts  *reverts
 	indexes  *indexes
 	// wake enqueues workloads; notify enqueues a policy's status pass.
 	wake   func(...workloadKey)
@@ -87,6 +88,9 @@ func (r *workloadReconciler) forget(key workloadKey) {
 	policy, wake := r.slots.release(key)
 	r.wake(wake...)
 	if p, had := r.failures.clear(key); had {
+		r.notify(p)
+	}
+	if p, was := r.reverts.forget(key); was {
 		r.notify(p)
 	}
 	r.notify(policy)
@@ -142,7 +146,7 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 	d := keepalive.DesiredTemplate(templateView(tmpl), prev, nsView, r.cluster(), namespaced, cluster)
 	policy := governing(d, prev)
 	if !d.Changed() {
-		r.settled(key)
+		r.settled(key, obj)
 		return nil
 	}
 	if prev == nil {
@@ -152,6 +156,19 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 		stale, err := r.hasStalePods(ctx, key, nsView, d.Policy)
 		if err != nil || !stale {
 			return err
+		}
+	}
+
+	policyGeneration := generationOf(ctx, r.client, policy)
+	if d.SysctlsChanged {
+		if alone, newly := r.reverts.observe(key, obj, d.Sysctls, policy, policyGeneration, time.Now()); alone {
+			if newly {
+				r.leaveAlone(ctx, key, obj, d, policy)
+			}
+			if p, was := r.slots.leaveQueue(key); was {
+				r.notify(p)
+			}
+			return nil
 		}
 	}
 
@@ -171,7 +188,7 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 	written := newWorkload(key.Kind)
 	written.SetNamespace(key.Namespace)
 	written.SetName(key.Name)
-	if err := r.client.Patch(ctx, written, templatePatch(key.Kind, obj.GetResourceVersion(), d)); err != nil {
+	if err := r.client.Patch(ctx, written, templatePatch(key.Kind, obj.GetResourceVersion(), d), client.FieldOwner(FieldOwner)); err != nil {
 		if needsSlot {
 			_, wake := r.slots.release(key)
 			r.wake(wake...)
@@ -184,6 +201,9 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 	}
 	if needsSlot {
 		r.slots.started(key, written.GetGeneration(), updatedReplicas(obj))
+	}
+	if d.SysctlsChanged {
+		r.reverts.wrote(key, written, d.Sysctls, policy, policyGeneration)
 	}
 	if p, had := r.failures.clear(key); had {
 		r.notify(p)
@@ -222,13 +242,25 @@ func governing(d keepalive.Template, prev *keepalive.Managed) string {
 
 // settled is a workload at its desired state: it needs no slot, and what
 // failed before is over.
-func (r *workloadReconciler) settled(key workloadKey) {
+func (r *workloadReconciler) settled(key workloadKey, obj client.Object) {
 	if p, was := r.slots.leaveQueue(key); was {
 		r.notify(p)
 	}
 	if p, had := r.failures.clear(key); had {
 		r.notify(p)
 	}
+	if p, was := r.reverts.settled(key, obj); was {
+		r.notify(p)
+	}
+}
+
+// generationOf is the generation of a policy named by reference, 0 when it
+// is gone.
+func generationOf(ctx context.Context, c client.Reader, ref string) int64 {
+	if pol, ok := policyObjectOf(ctx, c, ref).(client.Object); ok {
+		return pol.GetGeneration()
+	}
+	return 0
 }
 
 // fail records a workload the operator cannot bring to its desired state,

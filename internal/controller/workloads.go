@@ -208,9 +208,13 @@ func updatedReplicas(obj client.Object) int32 {
 
 // templateView is what the decisions read of a pod template.
 func templateView(t *corev1.PodTemplateSpec) keepalive.PodView {
-	v := keepalive.PodView{Labels: t.Labels, Annotations: t.Annotations, HostNetwork: t.Spec.HostNetwork, Sysctls: templateSysctls(t)}
+	v := keepalive.PodView{Labels: t.Labels, Annotations: t.Annotations, HostNetwork: t.Spec.HostNetwork, Sysctls: templateSysctls(t),
+		Placement: keepalive.Placement{NodeName: t.Spec.NodeName, NodeSelector: t.Spec.NodeSelector}}
 	if t.Spec.OS != nil {
 		v.OS = string(t.Spec.OS.Name)
+	}
+	if t.Spec.Affinity != nil {
+		v.Placement.NodeAffinity = t.Spec.Affinity.NodeAffinity
 	}
 	return v
 }

@@ -64,6 +64,8 @@ type PodView struct {
 	HostNetwork bool
 	OS          string
 	Sysctls     []corev1.Sysctl
+	// Placement is where the pod may be scheduled.
+	Placement Placement
 }
 
 // Namespace is a pod's namespace.
@@ -89,6 +91,10 @@ type Cluster struct {
 	// pods the API server sends to the webhook.
 	NamespaceSelector labels.Selector
 	PodSelector       labels.Selector
+	// OldNodes are the nodes whose kubelet or kernel refuses the keepalive
+	// sysctls, cordoned ones included: a pod that could land on one is
+	// left alone. Never changed once handed out.
+	OldNodes []Node
 }
 
 // leftOut says why the operator leaves a pod alone whatever the policies,
@@ -142,7 +148,11 @@ func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision
 		return Decision{Skip: SkipNoPolicy}
 	}
 	d := Decision{Policy: &p}
-	if reason, why := blocked(pod, ns, c); reason != "" {
+	reason, why := blocked(pod, ns, c)
+	if reason == "" {
+		reason, why = oldNodeBlocks(pod.Placement, c)
+	}
+	if reason != "" {
 		d.Skip = reason
 		d.Warnings = []string{"keepalive.io: " + p.name + " not applied: " + why}
 		return d

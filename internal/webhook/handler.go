@@ -65,8 +65,13 @@ type pod struct {
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec *struct {
-		HostNetwork bool `json:"hostNetwork"`
-		OS          struct {
+		HostNetwork  bool              `json:"hostNetwork"`
+		NodeName     string            `json:"nodeName"`
+		NodeSelector map[string]string `json:"nodeSelector"`
+		Affinity     *struct {
+			NodeAffinity *corev1.NodeAffinity `json:"nodeAffinity"`
+		} `json:"affinity"`
+		OS struct {
 			Name string `json:"name"`
 		} `json:"os"`
 		SecurityContext *struct {
@@ -156,6 +161,10 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, bufs *buffers) (
 		Annotations: p.Metadata.Annotations,
 		HostNetwork: p.Spec.HostNetwork,
 		OS:          p.Spec.OS.Name,
+		Placement:   keepalive.Placement{NodeName: p.Spec.NodeName, NodeSelector: p.Spec.NodeSelector},
+	}
+	if p.Spec.Affinity != nil {
+		view.Placement.NodeAffinity = p.Spec.Affinity.NodeAffinity
 	}
 	if p.Spec.SecurityContext != nil {
 		view.Sysctls = p.Spec.SecurityContext.Sysctls

@@ -37,7 +37,7 @@ type Options struct {
 
 // Admission reads policies and namespaces from the cache.
 // +kubebuilder:rbac:groups=keepalive.io,resources=keepalivepolicies;clusterkeepalivepolicies,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces;nodes,verbs=get;list;watch
 
 // Setup registers the pod webhook on the manager's webhook server (every
 // replica serves it, leader or not) with its store, and a readiness check
@@ -58,6 +58,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) (*Handler, er
 	log.Info("cluster version", "minor", minor, "unsafeSysctlsAllowed", opts.UnsafeSysctlsAllowed)
 
 	store := NewStore(log)
+	store.unsafeSysctlsAllowed = opts.UnsafeSysctlsAllowed
 	if err := store.Watch(ctx, mgr.GetCache()); err != nil {
 		return nil, err
 	}
@@ -71,6 +72,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) (*Handler, er
 				ExcludedNamespaces:   opts.ExcludedNamespaces,
 				NamespaceSelector:    opts.NamespaceSelector,
 				PodSelector:          opts.PodSelector,
+				OldNodes:             store.OldNodes(),
 			}
 		},
 		Namespaces: mgr.GetAPIReader(),

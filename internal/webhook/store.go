@@ -3,7 +3,9 @@ package webhook
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/go-logr/logr"
@@ -30,6 +32,13 @@ type Store struct {
 	cluster    []keepalive.Policy
 	namespaces map[string]map[string]string // labels by name
 
+	// unsafeSysctlsAllowed is --unsafe-sysctls-allowed: old kubelets then
+	// take the sysctls, and only old kernels count.
+	unsafeSysctlsAllowed bool
+	oldNodes             map[string]keepalive.Node
+	oldList              []keepalive.Node // oldNodes by name
+	onOldNodes           []func()
+
 	synced []func() bool
 }
 
@@ -39,7 +48,23 @@ func NewStore(log logr.Logger) *Store {
 		log:        log,
 		namespaced: map[string][]keepalive.Policy{},
 		namespaces: map[string]map[string]string{},
+		oldNodes:   map[string]keepalive.Node{},
 	}
+}
+
+// OldNodes returns the nodes whose kubelet or kernel refuses the keepalive
+// sysctls, by name. The slice is never changed afterwards.
+func (s *Store) OldNodes() []keepalive.Node {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.oldList
+}
+
+// OnOldNodes calls f after each change of OldNodes.
+func (s *Store) OnOldNodes(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onOldNodes = append(s.onOldNodes, f)
 }
 
 // Lookup returns the labels of a namespace (known reports whether the store
@@ -75,7 +100,7 @@ func (s *Store) Watch(ctx context.Context, c cache.Cache) error {
 			s.apply(obj, true)
 		},
 	}
-	for _, obj := range []client.Object{&v1alpha1.KeepalivePolicy{}, &v1alpha1.ClusterKeepalivePolicy{}, &corev1.Namespace{}} {
+	for _, obj := range []client.Object{&v1alpha1.KeepalivePolicy{}, &v1alpha1.ClusterKeepalivePolicy{}, &corev1.Namespace{}, &corev1.Node{}} {
 		inf, err := c.GetInformer(ctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
 			return fmt.Errorf("get informer for %T: %w", obj, err)
@@ -120,6 +145,9 @@ func (s *Store) apply(obj any, deleted bool) {
 			s.SetNamespace(o.Name, o.Labels)
 		}
 		return
+	case *corev1.Node:
+		s.setNode(o, deleted)
+		return
 	default:
 		return
 	}
@@ -157,4 +185,43 @@ func (s *Store) SetNamespace(name string, labels map[string]string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.namespaces[name] = labels
+}
+
+// setNode records whether a node refuses the keepalive sysctls. Most node
+// events (status updates) change nothing that matters here and cost a map
+// lookup.
+func (s *Store) setNode(o *corev1.Node, deleted bool) {
+	n := keepalive.Node{
+		Name: o.Name, Labels: o.Labels, Unschedulable: o.Spec.Unschedulable,
+		Info: keepalive.NodeInfo{KubeletVersion: o.Status.NodeInfo.KubeletVersion, KernelVersion: o.Status.NodeInfo.KernelVersion},
+	}
+	old := !deleted && n.Info.Blocks(keepalive.Cluster{UnsafeSysctlsAllowed: s.unsafeSysctlsAllowed}) != ""
+	s.mu.Lock()
+	was, had := s.oldNodes[n.Name]
+	if !old && !had || old && had && sameNode(was, n) {
+		s.mu.Unlock()
+		return
+	}
+	if old {
+		s.oldNodes[n.Name] = n
+	} else {
+		delete(s.oldNodes, n.Name)
+	}
+	list := make([]keepalive.Node, 0, len(s.oldNodes))
+	for _, v := range s.oldNodes {
+		list = append(list, v)
+	}
+	slices.SortFunc(list, func(a, b keepalive.Node) int { return strings.Compare(a.Name, b.Name) })
+	s.oldList = list
+	listeners := s.onOldNodes
+	s.mu.Unlock()
+	s.log.Info("node that refuses the keepalive sysctls", "node", n.Name, "old", old, "unschedulable", n.Unschedulable,
+		"kubelet", n.Info.KubeletVersion, "kernel", n.Info.KernelVersion, "oldNodes", len(list))
+	for _, f := range listeners {
+		f()
+	}
+}
+
+func sameNode(a, b keepalive.Node) bool {
+	return a.Unschedulable == b.Unschedulable && a.Info == b.Info && maps.Equal(a.Labels, b.Labels)
 }
