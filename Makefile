@@ -59,6 +59,9 @@ envtest: ## Print the folder of the envtest binaries, building them the first ti
 
 # How long `make test` fuzzes the admission handler beyond its seed corpus.
 FUZZTIME ?= 30s
+# How long it compares the sysctl parse with the kernel's (as root; skipped
+# otherwise).
+SYSCTL_FUZZTIME ?= 10s
 
 # The commands of the network lab (test/netlab), whose middlebox the e2e suite
 # uses too; hack/need-packages.sh installs their Debian packages as root.
@@ -69,6 +72,7 @@ test: manifests generate fmt vet $(HELM) ## Run all tests (envtest suites agains
 	@hack/need-packages.sh --if-root "make test" $(LAB_COMMANDS)
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" HELM="$(HELM)" go test ./... -coverprofile cover.out
 	go test ./internal/webhook/ -run '^$$' -fuzz '^FuzzAdmission$$' -fuzztime $(FUZZTIME)
+	go test ./test/netlab/ -run '^$$' -fuzz '^FuzzReadSysctl$$' -fuzztime $(SYSCTL_FUZZTIME)
 
 # Where hack/local-cluster.sh keeps the local cluster's state and kubeconfig.
 export LOCAL_CLUSTER_DIR ?= /tmp/keepalive-local-cluster

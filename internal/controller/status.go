@@ -120,6 +120,7 @@ var blockedCauses = map[keepalive.SkipReason]string{
 	keepalive.SkipNodeKubelet:        "kubelet older than 1.29",
 	keepalive.SkipNodeKernel:         "kernel older than 4.5",
 	keepalive.SkipClusterVersion:     "cluster older than 1.29 without --unsafe-sysctls-allowed",
+	keepalive.SkipInvalidValue:       "keepalive sysctl value the kernel refuses",
 }
 
 // podsBlockedCondition counts the pods that cannot take the values, by

@@ -54,6 +54,7 @@ const (
 	SkipWindows            SkipReason = "windows"              // Windows pods take no sysctls
 	SkipClusterVersion     SkipReason = "cluster-version"      // before 1.29 the kubelet would refuse the pod
 	SkipPodSecurityVersion SkipReason = "pod-security-version" // Pod Security would refuse the pod
+	SkipInvalidValue       SkipReason = "invalid-sysctl-value" // the pod sets a keepalive value the kernel refuses
 	SkipAudit              SkipReason = "audit"                // the policy only reports
 )
 
@@ -159,6 +160,11 @@ func Decide(pod PodView, ns Namespace, c Cluster, policies ...[]Policy) Decision
 	}
 
 	m := merge(pod.Sysctls, p.sysctls)
+	if len(m.Invalid) > 0 {
+		d.Skip = SkipInvalidValue
+		d.Warnings = []string{"keepalive.io: " + p.name + " not applied: " + refused(m.Invalid)}
+		return d
+	}
 	if p.Mode == v1alpha1.ModeAudit {
 		d.Skip = SkipAudit
 		if m.Changed {

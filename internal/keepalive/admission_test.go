@@ -173,6 +173,57 @@ func TestDecide(t *testing.T) {
 			ns:  shop, cluster: current, policies: []Policy{nlb},
 			want: Decision{Policy: &nlb},
 		},
+		"values kept as the kernel reads them": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, " 100 ", SysctlInterval, "0x10", SysctlProbes, "010")},
+			ns:  shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{Policy: &nlb, Annotations: []Annotation{{AnnotationPolicy, "KeepalivePolicy/shop/behind-nlb"}}},
+		},
+		"a value the kernel refuses: the pod is left alone": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "+100")}, ns: shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{Skip: SkipInvalidValue, Policy: &nlb, Warnings: []string{
+				`keepalive.io: KeepalivePolicy/shop/behind-nlb not applied: the kernel refuses net.ipv4.tcp_keepalive_time="+100" (the pod cannot start as written); set a decimal integer`}},
+		},
+		"every refused value is named": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "1e3", "net/ipv4/tcp_keepalive_probes", "100abc")}, ns: shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{Skip: SkipInvalidValue, Policy: &nlb, Warnings: []string{
+				`keepalive.io: KeepalivePolicy/shop/behind-nlb not applied: the kernel refuses net.ipv4.tcp_keepalive_time="1e3", net/ipv4/tcp_keepalive_probes="100abc" (the pod cannot start as written); set a decimal integer`}},
+		},
+		"empty value under Audit: the values it would set": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "")}, ns: shop, cluster: current, policies: []Policy{audit},
+			want: Decision{Skip: SkipAudit, Policy: &audit, Warnings: []string{
+				"keepalive.io: KeepalivePolicy/shop/trial (Audit) would set net.ipv4.tcp_keepalive_time=30, net.ipv4.tcp_keepalive_intvl=10, net.ipv4.tcp_keepalive_probes=9"}},
+		},
+		"a refused value wins over Audit": {
+			pod: PodView{Sysctls: sysctls(SysctlProbes, "-5")}, ns: shop, cluster: current, policies: []Policy{audit},
+			want: Decision{Skip: SkipInvalidValue, Policy: &audit, Warnings: []string{
+				`keepalive.io: KeepalivePolicy/shop/trial not applied: the kernel refuses net.ipv4.tcp_keepalive_probes="-5" (the pod cannot start as written); set a decimal integer`}},
+		},
+		"slash form replaced in place, recorded under its own name": {
+			pod: PodView{Sysctls: sysctls("net/ipv4/tcp_keepalive_time", "7200", SysctlInterval, "30", SysctlProbes, "9")},
+			ns:  shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{
+				Policy:  &nlb,
+				Sysctls: sysctls("net/ipv4/tcp_keepalive_time", "175", SysctlInterval, "30", SysctlProbes, "9"),
+				Annotations: []Annotation{
+					{AnnotationPolicy, "KeepalivePolicy/shop/behind-nlb"},
+					{AnnotationOriginalSysctls, `[{"name":"net/ipv4/tcp_keepalive_time","value":"7200"}]`},
+				},
+				Warnings: []string{"keepalive.io: KeepalivePolicy/shop/behind-nlb replaced net/ipv4/tcp_keepalive_time=7200 with net/ipv4/tcp_keepalive_time=175; the originals are in annotation keepalive.io/original-sysctls"},
+			},
+		},
+		"both forms: the larger one replaced, no entry added": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "100", "net/ipv4/tcp_keepalive_time", "7200", "net/ipv4/tcp_keepalive_intvl", "30", SysctlProbes, "9")},
+			ns:  shop, cluster: current, policies: []Policy{nlb},
+			want: Decision{
+				Policy:  &nlb,
+				Sysctls: sysctls(SysctlTime, "100", "net/ipv4/tcp_keepalive_time", "175", "net/ipv4/tcp_keepalive_intvl", "30", SysctlProbes, "9"),
+				Annotations: []Annotation{
+					{AnnotationPolicy, "KeepalivePolicy/shop/behind-nlb"},
+					{AnnotationOriginalSysctls, `[{"name":"net/ipv4/tcp_keepalive_time","value":"7200"}]`},
+				},
+				Warnings: []string{"keepalive.io: KeepalivePolicy/shop/behind-nlb replaced net/ipv4/tcp_keepalive_time=7200 with net/ipv4/tcp_keepalive_time=175; the originals are in annotation keepalive.io/original-sysctls"},
+			},
+		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

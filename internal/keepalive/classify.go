@@ -26,10 +26,13 @@ const (
 )
 
 // Blocks reports whether the reason is something in the way of the values,
-// as opposed to a choice (opt-out labels, excluded namespaces).
+// as opposed to a choice (opt-out labels, excluded namespaces). A value the
+// kernel refuses is in the way: the operator will not overwrite what it
+// cannot read, and the pod does not start until someone fixes it.
 func (r SkipReason) Blocks() bool {
 	switch r {
-	case SkipHostNetwork, SkipWindows, SkipClusterVersion, SkipPodSecurityVersion, SkipNodeKubelet, SkipNodeKernel:
+	case SkipHostNetwork, SkipWindows, SkipClusterVersion, SkipPodSecurityVersion, SkipNodeKubelet, SkipNodeKernel,
+		SkipInvalidValue:
 		return true
 	}
 	return false
@@ -89,7 +92,10 @@ func Classify(pod PodView, ns Namespace, c Cluster, p *Policy, node *NodeInfo) (
 			return PodSkipped, reason
 		}
 	}
-	if Compliant(pod.Sysctls, p.Result.Values) {
+	switch m := MergeSysctls(pod.Sysctls, p.Result.Values); {
+	case len(m.Invalid) > 0:
+		return PodSkipped, SkipInvalidValue
+	case !m.Changed:
 		return PodCompliant, ""
 	}
 	return PodStale, ""

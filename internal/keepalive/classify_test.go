@@ -39,6 +39,26 @@ func TestClassify(t *testing.T) {
 		"kernel 4.4":                       {ns: shop, cluster: current, node: &NodeInfo{KubeletVersion: "v1.36.3", KernelVersion: "4.4.0-210-generic"}, state: PodSkipped, reason: SkipNodeKernel},
 		"kernel 4.5":                       {ns: shop, cluster: current, node: &NodeInfo{KubeletVersion: "v1.36.3", KernelVersion: "4.5.0"}, state: PodStale},
 		"unreadable versions do not block": {ns: shop, cluster: current, node: &NodeInfo{KubeletVersion: "unknown", KernelVersion: "custom"}, state: PodStale},
+		"compliant as the kernel reads them": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, " 100 ", SysctlInterval, "0x10", SysctlProbes, "010")}, ns: shop, cluster: current, state: PodCompliant,
+		},
+		"stale: hex read larger":  {pod: PodView{Sysctls: sysctls(SysctlTime, "0x1000", SysctlInterval, "30", SysctlProbes, "9")}, ns: shop, cluster: current, state: PodStale},
+		"stale: zero":             {pod: PodView{Sysctls: sysctls(SysctlTime, "0", SysctlInterval, "30", SysctlProbes, "9")}, ns: shop, cluster: current, state: PodStale},
+		"stale: negative":         {pod: PodView{Sysctls: sysctls(SysctlTime, "-5", SysctlInterval, "30", SysctlProbes, "9")}, ns: shop, cluster: current, state: PodStale},
+		"stale: empty keeps 7200": {pod: PodView{Sysctls: sysctls(SysctlTime, "", SysctlInterval, "30", SysctlProbes, "9")}, ns: shop, cluster: current, state: PodStale},
+		"compliant in slash form": {pod: PodView{Sysctls: sysctls("net/ipv4/tcp_keepalive_time", "175", "net/ipv4/tcp_keepalive_intvl", "30", "net/ipv4/tcp_keepalive_probes", "9")}, ns: shop, cluster: current, state: PodCompliant},
+		"stale: one of both forms larger": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "175", "net/ipv4/tcp_keepalive_time", "7200", SysctlInterval, "30", SysctlProbes, "9")}, ns: shop, cluster: current, state: PodStale,
+		},
+		"a value the kernel refuses, not compliant": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "+100", SysctlInterval, "30", SysctlProbes, "9")}, ns: shop, cluster: current, state: PodSkipped, reason: SkipInvalidValue,
+		},
+		"refused probes": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "100", SysctlInterval, "30", SysctlProbes, "256")}, ns: shop, cluster: current, state: PodSkipped, reason: SkipInvalidValue,
+		},
+		"refused even where the rest is missing": {
+			pod: PodView{Sysctls: sysctls("net/ipv4/tcp_keepalive_intvl", "100abc")}, ns: shop, cluster: current, state: PodSkipped, reason: SkipInvalidValue,
+		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

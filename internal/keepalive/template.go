@@ -149,7 +149,7 @@ func withValues(sysctls []corev1.Sysctl, vals [3]entry) []corev1.Sysctl {
 	var out []corev1.Sysctl
 	var seen [3]bool
 	for _, s := range sysctls {
-		i := slices.Index(keepaliveNames[:], s.Name)
+		i := slices.Index(keepaliveNames[:], NormalizeSysctlName(s.Name))
 		if i < 0 || seen[i] {
 			out = append(out, s)
 			continue
@@ -167,8 +167,9 @@ func withValues(sysctls []corev1.Sysctl, vals [3]entry) []corev1.Sysctl {
 	return out
 }
 
+// lookup finds a keepalive sysctl by name in either form.
 func lookup(sysctls []corev1.Sysctl, name string) entry {
-	if i := indexOf(sysctls, name); i >= 0 {
+	if i := indexOfSysctl(sysctls, name); i >= 0 {
 		return entry{sysctls[i].Value, true}
 	}
 	return entry{}

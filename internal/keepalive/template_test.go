@@ -142,6 +142,35 @@ func TestDesiredTemplate(t *testing.T) {
 			cluster:  Cluster{Minor: 36, NamespaceSelector: labels.SelectorFromSet(labels.Set{"team": "web"})},
 			policies: []Policy{nlb},
 		},
+		"values kept as the kernel reads them: nothing to record": {
+			sysctls:  sysctls(SysctlTime, " 100 ", SysctlInterval, "0x10", SysctlProbes, "010"),
+			policies: []Policy{nlb},
+			want:     sysctls(SysctlTime, " 100 ", SysctlInterval, "0x10", SysctlProbes, "010"),
+		},
+		"slash form replaced in place, no entry added": {
+			sysctls:  sysctls("net/ipv4/tcp_keepalive_time", "7200", "net/ipv4/tcp_keepalive_probes", "3"),
+			policies: []Policy{nlb},
+			want:     sysctls("net/ipv4/tcp_keepalive_time", "175", "net/ipv4/tcp_keepalive_probes", "3", SysctlInterval, "30"),
+			wantRec: &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: sysctls(SysctlTime, "175", SysctlInterval, "30"),
+				Original: sysctls(SysctlTime, "7200")},
+		},
+		"slash form: the last policy gone, the user's list exactly": {
+			sysctls: sysctls("net/ipv4/tcp_keepalive_time", "175", "net/ipv4/tcp_keepalive_probes", "3", SysctlInterval, "30"),
+			rec: &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: sysctls(SysctlTime, "175", SysctlInterval, "30"),
+				Original: sysctls(SysctlTime, "7200")},
+			want: sysctls("net/ipv4/tcp_keepalive_time", "7200", "net/ipv4/tcp_keepalive_probes", "3"),
+		},
+		"a value the kernel refuses: left unpatched": {
+			sysctls:  sysctls(SysctlTime, "+100"),
+			policies: []Policy{nlb},
+			want:     sysctls(SysctlTime, "+100"),
+		},
+		"a refused value set after the patch: the user's list restored": {
+			sysctls:  sysctls(SysctlTime, "175", SysctlInterval, "1e3", SysctlProbes, "9"),
+			rec:      &Managed{Policy: "KeepalivePolicy/shop/nlb", Set: nlbSet, Original: sysctls(SysctlTime, "7200")},
+			policies: []Policy{nlb},
+			want:     sysctls(SysctlTime, "7200", SysctlInterval, "1e3"),
+		},
 		"Pod Security v1.28: restored": {
 			sysctls:  nlbSet,
 			rec:      nlbRecord,
@@ -175,6 +204,24 @@ func TestDesiredTemplate(t *testing.T) {
 			again := DesiredTemplate(PodView{Sysctls: got.Sysctls}, got.Record, tc.ns, tc.cluster, slicesReversed(tc.policies))
 			if again.Changed() {
 				t.Errorf("a second decision changed the template: %v %v", again.Sysctls, again.Record)
+			}
+		})
+	}
+}
+
+func TestDesiredTemplateRefusedValue(t *testing.T) {
+	nlb, _, _, _ := templatePolicies(t)
+	cluster := Cluster{Minor: 36, OperatorNamespace: "keepalive-system"}
+	for name, list := range map[string][]corev1.Sysctl{
+		"plus sign":       sysctls(SysctlTime, "+100", SysctlInterval, "30"),
+		"slash form word": sysctls("net/ipv4/tcp_keepalive_probes", "nine"),
+		"probes negative": sysctls(SysctlProbes, "-1"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			got := DesiredTemplate(PodView{Sysctls: list}, nil, Namespace{Name: "shop"}, cluster, []Policy{nlb})
+			if got.Skip != SkipInvalidValue || got.Changed() || got.Record != nil {
+				t.Errorf("DesiredTemplate() = skip %q, changed %v, record %v; want skip %q and the template left alone",
+					got.Skip, got.Changed(), got.Record, SkipInvalidValue)
 			}
 		})
 	}
