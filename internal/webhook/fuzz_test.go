@@ -89,17 +89,19 @@ func FuzzAdmission(f *testing.F) {
 			t.Fatal(err)
 		}
 		limits := map[string]int{keepalive.SysctlTime: maxKernelSeconds, keepalive.SysctlInterval: maxKernelSeconds, keepalive.SysctlProbes: maxKernelProbes}
+		seen := map[string]bool{}
 		for _, s := range pod.Spec.SecurityContext.Sysctls {
-			limit, ok := limits[s.Name]
+			name := keepalive.NormalizeSysctlName(s.Name)
+			limit, ok := limits[name]
 			if !ok {
 				continue
 			}
-			delete(limits, s.Name) // the first entry of a name is the one that counts
-			if v, err := strconv.Atoi(s.Value); err != nil || v < 1 || v > limit {
-				t.Fatalf("%s=%q outside 1..%d", s.Name, s.Value, limit)
+			seen[name] = true // every entry of a name must be in range: the kubelet applies them all
+			if v, ok := keepalive.ReadSysctl(name, s.Value); !ok || v < 1 || v > int64(limit) {
+				t.Fatalf("%s=%q is not read by the kernel as 1..%d", s.Name, s.Value, limit)
 			}
 		}
-		if len(limits) > 0 {
+		if len(seen) < len(limits) {
 			t.Fatalf("patched pod lacks %v: %s", limits, patched)
 		}
 	})
