@@ -242,7 +242,7 @@ func run(ctx context.Context, args []string) error {
 			"/api/v1/namespaces/" + o.operatorNS + "/secrets":                     o.webhookSecret,
 			"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations": o.webhookConfig,
 		})}
-		if err := rotator.AddRotator(narrow, &rotator.CertRotator{
+		if err := rotator.AddRotator(caHandover{narrow}, &rotator.CertRotator{
 			SecretKey:      types.NamespacedName{Namespace: o.operatorNS, Name: o.webhookSecret},
 			CertDir:        o.webhookCertPath,
 			CAName:         "keepalive-operator-ca",
