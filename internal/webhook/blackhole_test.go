@@ -45,9 +45,10 @@ const (
 	// createMargin is what a create may take beyond the webhook timeout:
 	// the rest of the create (other admission, the etcd write, the
 	// response) takes milliseconds, tens of them with 50 creates at once
-	// on two cores. Half the timeout leaves room for a loaded machine and
-	// still catches a second attempt at the webhook or a longer timeout.
-	createMargin = webhookTimeout / 2
+	// on two cores, but a loaded machine stalls for a second at times.
+	// Three quarters of the timeout leave room for that and still catch a
+	// second attempt at the webhook or a timeout twice as long.
+	createMargin = webhookTimeout * 3 / 4
 )
 
 // blackHole accepts TCP connections and never answers. With a TLS
