@@ -24,7 +24,7 @@ func CacheOptions() cache.Options {
 // so that caching every pod, node and workload of a cluster costs little.
 // Workloads keep their spec and status but of their template only what the
 // decisions read (labels, hostNetwork, os, sysctls, nodeName, nodeSelector,
-// required node affinity); their annotations only
+// required node affinity, tolerations); their annotations only
 // the operator's record. A Job, or a ReplicaSet with a controller, is read
 // only to find its controller: the cache keeps its name and owners. Writes
 // are patches of those fields alone.
@@ -37,7 +37,7 @@ func StripForCache(obj any) (any, error) {
 		return &corev1.Node{
 			TypeMeta:   o.TypeMeta,
 			ObjectMeta: metav1.ObjectMeta{Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Labels: o.Labels},
-			Spec:       corev1.NodeSpec{Unschedulable: o.Spec.Unschedulable},
+			Spec:       corev1.NodeSpec{Unschedulable: o.Spec.Unschedulable, Taints: o.Spec.Taints},
 			Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{
 				KubeletVersion: o.Status.NodeInfo.KubeletVersion, KernelVersion: o.Status.NodeInfo.KernelVersion,
 			}},
@@ -85,6 +85,6 @@ func stripWorkload(m metav1.Object, t *corev1.PodTemplateSpec) {
 	*t = corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{Labels: t.Labels},
 		Spec: corev1.PodSpec{SecurityContext: sc, HostNetwork: t.Spec.HostNetwork, OS: t.Spec.OS,
-			NodeName: t.Spec.NodeName, NodeSelector: t.Spec.NodeSelector, Affinity: affinity},
+			NodeName: t.Spec.NodeName, NodeSelector: t.Spec.NodeSelector, Affinity: affinity, Tolerations: t.Spec.Tolerations},
 	}
 }

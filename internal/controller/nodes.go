@@ -17,33 +17,58 @@ import (
 // change, every policy for its PodsBlocked condition, and the workloads
 // whose template decision can change: all of them when the first
 // schedulable old node comes or the last one goes, otherwise only those
-// whose templates constrain where their pods run. An upgrade that replaces
-// nodes one by one so costs a pass over the pinned workloads per node.
+// whose templates name, select or tolerate nodes. It runs on the leader, in
+// a goroutine of its own, so that node events are never held up; changes
+// that come while it works are gathered into its next pass, which lists the
+// policies and workloads from the cache once.
 type oldNodeWatch struct {
 	client    client.Reader // the cache
 	cluster   func() keepalive.Cluster
 	workloads *queue[workloadKey]
 	kap, ckap *queue[reconcile.Request]
 	delay     time.Duration
+	kick      chan struct{}
 
 	mu  sync.Mutex
 	any bool // some schedulable node refused the sysctls at the last change
+	all bool // a pass must wake every workload
 }
 
+func newOldNodeWatch(c client.Reader, cluster func() keepalive.Cluster, workloads *queue[workloadKey], kap, ckap *queue[reconcile.Request], delay time.Duration) *oldNodeWatch {
+	return &oldNodeWatch{client: c, cluster: cluster, workloads: workloads, kap: kap, ckap: ckap, delay: delay, kick: make(chan struct{}, 1)}
+}
+
+// changed is called after each change of the old nodes.
 func (w *oldNodeWatch) changed() {
-	c := w.cluster()
 	w.mu.Lock()
 	before := w.any
-	w.any = keepalive.DescribeOldNodes(c) != ""
-	all := before != w.any
+	w.any = keepalive.DescribeOldNodes(w.cluster()) != ""
+	w.all = w.all || before != w.any
 	w.mu.Unlock()
-	if !w.workloads.running() {
-		// Not the leader, or not yet: a controller that starts reconciles
-		// every workload anyway.
-		return
+	select {
+	case w.kick <- struct{}{}:
+	default: // a pass is due already
 	}
-	ctx := context.Background()
+}
+
+// Start runs the passes until ctx ends.
+func (w *oldNodeWatch) Start(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.kick:
+			w.pass(ctx)
+		}
+	}
+}
+
+func (w *oldNodeWatch) pass(ctx context.Context) {
 	log := logf.Log.WithName("nodes")
+	w.mu.Lock()
+	all := w.all
+	w.all = false
+	w.mu.Unlock()
 
 	var kaps v1alpha1.KeepalivePolicyList
 	var ckaps v1alpha1.ClusterKeepalivePolicyList
@@ -68,11 +93,11 @@ func (w *oldNodeWatch) changed() {
 			continue
 		}
 		_ = eachObject(list, func(o client.Object) {
-			if ours(o) && (all || templateView(podTemplate(o)).Placement.Constrained()) {
+			if ours(o) && (all || templateView(o).Placement.Constrained()) {
 				keys = append(keys, keyOf(kind, o))
 			}
 		})
 	}
-	log.Info("nodes that refuse the keepalive sysctls changed", "oldNodes", len(c.OldNodes), "schedulable", w.any, "workloads", len(keys))
+	log.Info("nodes that refuse the keepalive sysctls changed", "oldNodes", len(w.cluster().OldNodes), "all", all, "workloads", len(keys))
 	w.workloads.addAfter(w.delay, keys...)
 }

@@ -17,6 +17,7 @@ var _ = Describe("an upgrade window with a node too old for the sysctls", func()
 		create(node)
 		node.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: "v1.28.5-eks-1234", KernelVersion: "6.1.0"}
 		Expect(k8sClient.Status().Update(ctx, node)).To(Succeed())
+		Eventually(func() int { return len(nodes.OldNodes()) }).Should(Equal(1))
 
 		ns := newNamespace(nil)
 		free := deployment(ns, "free", nil)

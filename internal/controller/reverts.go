@@ -101,15 +101,17 @@ func (r *reverts) observe(k workloadKey, obj client.Object, sysctls []corev1.Sys
 	return true, true
 }
 
-// settled is a workload whose template is as it should be. The count
-// clears when another writer brought it there (its spec moved past the
-// operator's write); it stays while the template is what the operator
-// wrote. It returns the policy of a workload that was left alone.
-func (r *reverts) settled(k workloadKey, obj client.Object) (policy string, wasLeftAlone bool) {
+// settled is a workload whose template is as it should be, with sysctls.
+// The count clears when someone else brought it there: a workload left
+// alone, or a template that differs from the operator's write. A template
+// that is what the operator wrote keeps it, whatever else changed in the
+// spec (a scale, a new image). It returns the policy of a workload that was
+// left alone.
+func (r *reverts) settled(k workloadKey, obj client.Object, sysctls []corev1.Sysctl) (policy string, wasLeftAlone bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.m[k]
-	if t == nil || t.uid == obj.GetUID() && obj.GetGeneration() <= t.generation && !t.leftAlone {
+	if t == nil || !t.leftAlone && t.uid == obj.GetUID() && slices.Equal(sysctls, t.sysctls) {
 		return "", false
 	}
 	delete(r.m, k)

@@ -250,6 +250,10 @@ func TestRevertsCount(t *testing.T) {
 	}
 	gen := int64(2)
 	for i := 1; i <= 3; i++ {
+		gen++ // a scale, say, while the template is as the operator wrote it
+		if _, was := r.settled(key, obj("a", gen), values); was || r.m[key] == nil {
+			t.Fatalf("a spec change that kept the operator's values cleared the count before revert %d", i)
+		}
 		gen++ // the writer reverts
 		alone, newly := r.observe(key, obj("a", gen), values, "p", 1, now.Add(time.Duration(i)*time.Minute))
 		if alone != (i == 3) || newly != (i == 3) {
@@ -265,6 +269,9 @@ func TestRevertsCount(t *testing.T) {
 	}
 	if n := r.count("p"); n != 1 {
 		t.Errorf("count = %d, want 1", n)
+	}
+	if p, was := r.settled(key, obj("a", gen+1), values); !was || p != "p" || r.count("p") != 0 {
+		t.Errorf("the values put back by someone else: settled %q %v, count %d; want the count cleared", p, was, r.count("p"))
 	}
 
 	r = newReverts()

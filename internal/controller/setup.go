@@ -116,7 +116,10 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		newObj: func() *v1alpha1.ClusterKeepalivePolicy { return &v1alpha1.ClusterKeepalivePolicy{} },
 	}
 	if opts.OnOldNodes != nil {
-		nodes := &oldNodeWatch{client: c, cluster: opts.Cluster, workloads: &workloadQ, kap: &kapQ, ckap: &ckapQ, delay: opts.StatusDelay}
+		nodes := newOldNodeWatch(c, opts.Cluster, &workloadQ, &kapQ, &ckapQ, opts.StatusDelay)
+		if err := mgr.Add(nodes); err != nil {
+			return err
+		}
 		opts.OnOldNodes(nodes.changed)
 	}
 	return errors.Join(
@@ -152,13 +155,6 @@ func (q *queue[T]) capture(_ context.Context, wq workqueue.TypedRateLimitingInte
 	defer q.mu.Unlock()
 	q.q = wq
 	return nil
-}
-
-// running reports whether the controller runs, on this replica.
-func (q *queue[T]) running() bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.q != nil
 }
 
 func (q *queue[T]) addAfter(d time.Duration, items ...T) {

@@ -47,6 +47,8 @@ var (
 	// may stop them and start new ones, as a new leader.
 	startManager func()
 	stopManager  func()
+	// nodes is the webhook's store the running manager reads nodes from.
+	nodes *webhook.Store
 )
 
 func TestController(t *testing.T) {
@@ -79,7 +81,7 @@ var _ = BeforeSuite(func() {
 		Expect(err).NotTo(HaveOccurred())
 		mctx, cancel := context.WithCancel(ctx)
 		// The nodes come from the webhook's store, as in the operator.
-		nodes := webhook.NewStore(logf.Log.WithName("store"))
+		nodes = webhook.NewStore(logf.Log.WithName("store"))
 		Expect(nodes.Watch(mctx, mgr.GetCache())).To(Succeed())
 		Expect(Setup(mgr, Options{
 			Cluster: func() keepalive.Cluster {

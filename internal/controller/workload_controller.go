@@ -134,7 +134,7 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 	if recErr != nil {
 		// Without the record the user's originals are unknown: touching the
 		// template could lose them for good.
-		d := keepalive.DesiredTemplate(templateView(tmpl), nil, nsView, r.cluster(), namespaced, cluster)
+		d := keepalive.DesiredTemplate(templateView(obj), nil, nsView, r.cluster(), namespaced, cluster)
 		r.fail(ctx, key, obj, governing(d, nil), ReasonRecordBroken,
 			fmt.Sprintf("%v; the template is left as it is until the annotation is fixed or removed", recErr))
 		return nil
@@ -143,10 +143,10 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 	if hasRecord {
 		prev = &rec
 	}
-	d := keepalive.DesiredTemplate(templateView(tmpl), prev, nsView, r.cluster(), namespaced, cluster)
+	d := keepalive.DesiredTemplate(templateView(obj), prev, nsView, r.cluster(), namespaced, cluster)
 	policy := governing(d, prev)
 	if !d.Changed() {
-		r.settled(key, obj)
+		r.settled(key, obj, templateSysctls(tmpl))
 		return nil
 	}
 	if prev == nil {
@@ -242,14 +242,14 @@ func governing(d keepalive.Template, prev *keepalive.Managed) string {
 
 // settled is a workload at its desired state: it needs no slot, and what
 // failed before is over.
-func (r *workloadReconciler) settled(key workloadKey, obj client.Object) {
+func (r *workloadReconciler) settled(key workloadKey, obj client.Object, sysctls []corev1.Sysctl) {
 	if p, was := r.slots.leaveQueue(key); was {
 		r.notify(p)
 	}
 	if p, had := r.failures.clear(key); had {
 		r.notify(p)
 	}
-	if p, was := r.reverts.settled(key, obj); was {
+	if p, was := r.reverts.settled(key, obj, sysctls); was {
 		r.notify(p)
 	}
 }

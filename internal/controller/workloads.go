@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -206,15 +207,20 @@ func updatedReplicas(obj client.Object) int32 {
 	return 0
 }
 
-// templateView is what the decisions read of a pod template.
-func templateView(t *corev1.PodTemplateSpec) keepalive.PodView {
+// templateView is what the decisions read of a workload's pod template:
+// a pod of it, with the tolerations a DaemonSet gives its pods.
+func templateView(obj client.Object) keepalive.PodView {
+	t := podTemplate(obj)
 	v := keepalive.PodView{Labels: t.Labels, Annotations: t.Annotations, HostNetwork: t.Spec.HostNetwork, Sysctls: templateSysctls(t),
-		Placement: keepalive.Placement{NodeName: t.Spec.NodeName, NodeSelector: t.Spec.NodeSelector}}
+		Placement: keepalive.Placement{NodeName: t.Spec.NodeName, NodeSelector: t.Spec.NodeSelector, Tolerations: t.Spec.Tolerations}}
 	if t.Spec.OS != nil {
 		v.OS = string(t.Spec.OS.Name)
 	}
 	if t.Spec.Affinity != nil {
 		v.Placement.NodeAffinity = t.Spec.Affinity.NodeAffinity
+	}
+	if _, ok := obj.(*appsv1.DaemonSet); ok {
+		v.Placement.Tolerations = append(slices.Clone(t.Spec.Tolerations), keepalive.DaemonSetTolerations...)
 	}
 	return v
 }

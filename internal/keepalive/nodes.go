@@ -3,8 +3,10 @@ package keepalive
 import (
 	"fmt"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 )
 
@@ -15,31 +17,74 @@ type Node struct {
 	Name   string
 	Labels map[string]string
 	// Unschedulable is a cordoned node: only a pod that names it in
-	// spec.nodeName can still land there.
+	// spec.nodeName, or tolerates node.kubernetes.io/unschedulable (a
+	// DaemonSet's), can still land there.
 	Unschedulable bool
-	Info          NodeInfo
+	// Taints keep off the pods that do not tolerate them.
+	Taints []corev1.Taint
+	Info   NodeInfo
 }
 
-// Placement is where a pod may be scheduled: its spec.nodeName, nodeSelector
-// and required node affinity. The zero value is anywhere.
+// Placement is where a pod may be scheduled: its spec.nodeName,
+// nodeSelector, required node affinity and tolerations. The zero value is
+// any node without taints.
 type Placement struct {
 	NodeName     string
 	NodeSelector map[string]string
 	NodeAffinity *corev1.NodeAffinity
+	Tolerations  []corev1.Toleration
 }
 
-// Constrained reports whether the placement rules out some nodes.
+// Constrained reports whether the placement depends on which nodes there
+// are beyond their count: it names, selects or tolerates some.
 func (p Placement) Constrained() bool {
-	return p.NodeName != "" || len(p.NodeSelector) > 0 ||
+	return p.NodeName != "" || len(p.NodeSelector) > 0 || len(p.Tolerations) > 0 ||
 		p.NodeAffinity != nil && p.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil
+}
+
+// DaemonSetTolerations are those the DaemonSet controller gives each of its
+// pods, which the template does not show: its pods run on cordoned and
+// failing nodes too.
+var DaemonSetTolerations = []corev1.Toleration{
+	{Key: corev1.TaintNodeNotReady, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute},
+	{Key: corev1.TaintNodeUnreachable, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute},
+	{Key: corev1.TaintNodeDiskPressure, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
+	{Key: corev1.TaintNodeMemoryPressure, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
+	{Key: corev1.TaintNodePIDPressure, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
+	{Key: corev1.TaintNodeUnschedulable, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
+}
+
+// unschedulable is the taint that stands for a cordon.
+var unschedulable = corev1.Taint{Key: corev1.TaintNodeUnschedulable, Effect: corev1.TaintEffectNoSchedule}
+
+// passing are the taints the node controller sets for a condition that
+// passes (not ready, unreachable, under pressure): a node that has them
+// takes pods again once it recovers, so they keep no pod off it for good.
+var passing = map[string]bool{
+	corev1.TaintNodeNotReady: true, corev1.TaintNodeUnreachable: true, corev1.TaintNodeMemoryPressure: true,
+	corev1.TaintNodeDiskPressure: true, corev1.TaintNodePIDPressure: true, corev1.TaintNodeNetworkUnavailable: true,
+}
+
+// keptOff reports whether the node's cordon or taints keep the pod off it.
+// Tolerations with comparison operators count as the API server may allow
+// them: a toleration too many only costs a pod its values.
+func keptOff(p Placement, node Node) bool {
+	scheduling := func(t *corev1.Taint) bool {
+		return !passing[t.Key] && (t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute)
+	}
+	if node.Unschedulable && !corev1helpers.TolerationsTolerateTaint(logr.Discard(), p.Tolerations, &unschedulable, true) {
+		return true
+	}
+	_, untolerated := corev1helpers.FindMatchingUntoleratedTaint(logr.Discard(), node.Taints, p.Tolerations, scheduling, true)
+	return untolerated
 }
 
 // landsOnOldNode returns the first of the cluster's old nodes a pod could
 // land on and how many it could, given its placement: the node it names,
-// whether cordoned or not, or else every schedulable old node its
-// nodeSelector and required node affinity match. A placement rule the
-// scheduler cannot read counts as a match: better no values than a failed
-// pod.
+// whatever its cordon and taints, or else every old node its nodeSelector
+// and required node affinity match whose cordon and taints it tolerates. A
+// placement rule the scheduler cannot read counts as a match: better no
+// values than a failed pod.
 func landsOnOldNode(p Placement, c Cluster) (first Node, n int) {
 	if p.NodeName != "" {
 		for _, node := range c.OldNodes {
@@ -55,7 +100,7 @@ func landsOnOldNode(p Placement, c Cluster) (first Node, n int) {
 			NodeSelector: p.NodeSelector, Affinity: &corev1.Affinity{NodeAffinity: p.NodeAffinity}}})
 	}
 	for _, node := range c.OldNodes {
-		if node.Unschedulable || node.Info.Blocks(c) == "" {
+		if node.Info.Blocks(c) == "" || keptOff(p, node) {
 			continue
 		}
 		if p.Constrained() {

@@ -17,6 +17,9 @@ func TestDecideWithOldNodes(t *testing.T) {
 	kubelet128 := Node{Name: "old-1", Labels: map[string]string{"pool": "old"}, Info: NodeInfo{KubeletVersion: "v1.28.5-eks-1234", KernelVersion: "6.1.0"}}
 	kubelet128b := Node{Name: "old-2", Labels: map[string]string{"pool": "old"}, Info: NodeInfo{KubeletVersion: "v1.28.5-eks-1234", KernelVersion: "6.1.0"}}
 	cordoned := Node{Name: "old-3", Labels: map[string]string{"pool": "old"}, Unschedulable: true, Info: NodeInfo{KubeletVersion: "v1.27.2", KernelVersion: "6.1.0"}}
+	tainted := Node{Name: "gpu-1", Taints: []corev1.Taint{{Key: "dedicated", Value: "gpu", Effect: corev1.TaintEffectNoSchedule}}, Info: NodeInfo{KubeletVersion: "v1.28.5"}}
+	preferNot := Node{Name: "spot-1", Taints: []corev1.Taint{{Key: "spot", Effect: corev1.TaintEffectPreferNoSchedule}}, Info: NodeInfo{KubeletVersion: "v1.28.5"}}
+	notReady := Node{Name: "booting-1", Taints: []corev1.Taint{{Key: corev1.TaintNodeNotReady, Effect: corev1.TaintEffectNoSchedule}}, Info: NodeInfo{KubeletVersion: "v1.28.5"}}
 	kernel44 := Node{Name: "legacy-1", Labels: map[string]string{"pool": "legacy"}, Info: NodeInfo{KubeletVersion: "v1.36.0", KernelVersion: "4.4.0-210-generic"}}
 	with := func(nodes ...Node) Cluster { return Cluster{Minor: 36, OldNodes: nodes} }
 	in := func(key string, values ...string) *corev1.NodeAffinity {
@@ -46,6 +49,16 @@ func TestDecideWithOldNodes(t *testing.T) {
 			warning: "node legacy-1, whose kernel 4.4.0-210-generic has no keepalive sysctls per network namespace",
 		},
 		"a cordoned old node takes no new pod": {cluster: with(cordoned), skip: ""},
+		"but a DaemonSet's pod, which tolerates the cordon": {
+			placement: Placement{Tolerations: DaemonSetTolerations}, cluster: with(cordoned), skip: SkipNodeKubelet, warning: "node old-3,",
+		},
+		"an old node whose taint the pod does not tolerate": {cluster: with(tainted), skip: ""},
+		"an old node whose taint the pod tolerates": {
+			placement: Placement{Tolerations: []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "gpu", Effect: corev1.TaintEffectNoSchedule}}},
+			cluster:   with(tainted), skip: SkipNodeKubelet, warning: "node gpu-1,",
+		},
+		"a taint that only prefers other nodes keeps no pod off": {cluster: with(preferNot), skip: SkipNodeKubelet},
+		"nor does a node that is not ready for now": {cluster: with(notReady), skip: SkipNodeKubelet},
 		"a pod pinned by nodeName to a current node": {
 			placement: Placement{NodeName: "new-1"}, cluster: with(kubelet128), skip: "",
 		},

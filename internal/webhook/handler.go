@@ -65,9 +65,10 @@ type pod struct {
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec *struct {
-		HostNetwork  bool              `json:"hostNetwork"`
-		NodeName     string            `json:"nodeName"`
-		NodeSelector map[string]string `json:"nodeSelector"`
+		HostNetwork  bool                `json:"hostNetwork"`
+		NodeName     string              `json:"nodeName"`
+		NodeSelector map[string]string   `json:"nodeSelector"`
+		Tolerations  []corev1.Toleration `json:"tolerations"`
 		Affinity     *struct {
 			NodeAffinity *corev1.NodeAffinity `json:"nodeAffinity"`
 		} `json:"affinity"`
@@ -161,7 +162,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, bufs *buffers) (
 		Annotations: p.Metadata.Annotations,
 		HostNetwork: p.Spec.HostNetwork,
 		OS:          p.Spec.OS.Name,
-		Placement:   keepalive.Placement{NodeName: p.Spec.NodeName, NodeSelector: p.Spec.NodeSelector},
+		Placement:   keepalive.Placement{NodeName: p.Spec.NodeName, NodeSelector: p.Spec.NodeSelector, Tolerations: p.Spec.Tolerations},
 	}
 	if p.Spec.Affinity != nil {
 		view.Placement.NodeAffinity = p.Spec.Affinity.NodeAffinity

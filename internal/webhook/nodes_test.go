@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"fmt"
 	"strings"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -77,12 +78,18 @@ var _ = Describe("the pod webhook during an upgrade window", func() {
 		old.Spec.Unschedulable = true
 		Expect(k8sClient.Update(ctx, old)).To(Succeed())
 		Expect(k8sClient.Delete(ctx, legacy)).To(Succeed())
-		Eventually(func() map[string]string {
+		Eventually(func() []string {
 			p := testobj.MakePod(ns, "").Obj()
 			p.GenerateName, p.Name = "after-", ""
-			return sysctlsOf(createPod(p))
-		}).Should(Equal(keepaliveSysctls("175", "30")))
-		Expect(warnings.take()).To(BeEmpty())
+			got := sysctlsOf(createPod(p))
+			return append(warnings.take(), fmt.Sprint(got))
+		}).Should(Equal([]string{fmt.Sprint(keepaliveSysctls("175", "30"))}), "the values and no warning")
+
+		By("a DaemonSet's pod, which tolerates the cordon, could still land on the cordoned node: left alone")
+		daemon := testobj.MakePod(ns, "daemon").Obj()
+		daemon.Spec.Tolerations = []corev1.Toleration{{Key: corev1.TaintNodeUnschedulable, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}}
+		Expect(sysctlsOf(createPod(daemon))).To(BeEmpty())
+		Expect(warnings.take()).To(ContainElement(ContainSubstring("node old-1,")))
 
 		By("a pod pinned to the cordoned node by name still could land there: left alone")
 		stillOld := testobj.MakePod(ns, "still-old").Obj()

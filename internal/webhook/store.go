@@ -192,7 +192,7 @@ func (s *Store) SetNamespace(name string, labels map[string]string) {
 // lookup.
 func (s *Store) setNode(o *corev1.Node, deleted bool) {
 	n := keepalive.Node{
-		Name: o.Name, Labels: o.Labels, Unschedulable: o.Spec.Unschedulable,
+		Name: o.Name, Labels: o.Labels, Unschedulable: o.Spec.Unschedulable, Taints: o.Spec.Taints,
 		Info: keepalive.NodeInfo{KubeletVersion: o.Status.NodeInfo.KubeletVersion, KernelVersion: o.Status.NodeInfo.KernelVersion},
 	}
 	old := !deleted && n.Info.Blocks(keepalive.Cluster{UnsafeSysctlsAllowed: s.unsafeSysctlsAllowed}) != ""
@@ -223,5 +223,6 @@ func (s *Store) setNode(o *corev1.Node, deleted bool) {
 }
 
 func sameNode(a, b keepalive.Node) bool {
-	return a.Unschedulable == b.Unschedulable && a.Info == b.Info && maps.Equal(a.Labels, b.Labels)
+	return a.Unschedulable == b.Unschedulable && a.Info == b.Info && maps.Equal(a.Labels, b.Labels) &&
+		slices.EqualFunc(a.Taints, b.Taints, func(x, y corev1.Taint) bool { return x.MatchTaint(&y) && x.Value == y.Value })
 }
