@@ -92,9 +92,10 @@ type Cluster struct {
 	// pods the API server sends to the webhook.
 	NamespaceSelector labels.Selector
 	PodSelector       labels.Selector
-	// OldNodes are the nodes whose kubelet or kernel refuses the keepalive
-	// sysctls, cordoned ones included: a pod that could land on one is
-	// left alone. Never changed once handed out.
+	// OldNodes are the nodes whose kubelet is older than 1.29 or kernel
+	// older than 4.5, cordoned ones included: a pod that could land on one
+	// that refuses the sysctls (NodeInfo.Blocks) is left alone. Never
+	// changed once handed out.
 	OldNodes []Node
 }
 

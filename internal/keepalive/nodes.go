@@ -10,9 +10,10 @@ import (
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 )
 
-// Node is a node whose kubelet or kernel refuses the keepalive sysctls
-// (NodeInfo.Blocks), as admission needs to know it: while a pod could be
-// scheduled there, it must not get them, or the kubelet fails it.
+// Node is a node whose kubelet or kernel is too old for the keepalive
+// sysctls, as admission needs to know it: while a pod could be scheduled on
+// one that refuses them (NodeInfo.Blocks), it must not get them, or the
+// kubelet fails it.
 type Node struct {
 	Name   string
 	Labels map[string]string

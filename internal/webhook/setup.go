@@ -58,7 +58,6 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) (*Handler, er
 	log.Info("cluster version", "minor", minor, "unsafeSysctlsAllowed", opts.UnsafeSysctlsAllowed)
 
 	store := NewStore(log)
-	store.unsafeSysctlsAllowed = opts.UnsafeSysctlsAllowed
 	if err := store.Watch(ctx, mgr.GetCache()); err != nil {
 		return nil, err
 	}

@@ -32,12 +32,9 @@ type Store struct {
 	cluster    []keepalive.Policy
 	namespaces map[string]map[string]string // labels by name
 
-	// unsafeSysctlsAllowed is --unsafe-sysctls-allowed: old kubelets then
-	// take the sysctls, and only old kernels count.
-	unsafeSysctlsAllowed bool
-	oldNodes             map[string]keepalive.Node
-	oldList              []keepalive.Node // oldNodes by name
-	onOldNodes           []func()
+	oldNodes   map[string]keepalive.Node
+	oldList    []keepalive.Node // oldNodes by name
+	onOldNodes []func()
 
 	synced []func() bool
 }
@@ -52,8 +49,9 @@ func NewStore(log logr.Logger) *Store {
 	}
 }
 
-// OldNodes returns the nodes whose kubelet or kernel refuses the keepalive
-// sysctls, by name. The slice is never changed afterwards.
+// OldNodes returns the nodes whose kubelet is older than 1.29 or kernel
+// older than 4.5, by name; whether an old kubelet refuses the sysctls is the
+// decision's (keepalive.Cluster). The slice is never changed afterwards.
 func (s *Store) OldNodes() []keepalive.Node {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -187,15 +185,14 @@ func (s *Store) SetNamespace(name string, labels map[string]string) {
 	s.namespaces[name] = labels
 }
 
-// setNode records whether a node refuses the keepalive sysctls. Most node
-// events (status updates) change nothing that matters here and cost a map
-// lookup.
+// setNode records whether a node is old. Most node events (status updates)
+// change nothing that matters here and cost a map lookup.
 func (s *Store) setNode(o *corev1.Node, deleted bool) {
 	n := keepalive.Node{
 		Name: o.Name, Labels: o.Labels, Unschedulable: o.Spec.Unschedulable, Taints: o.Spec.Taints,
 		Info: keepalive.NodeInfo{KubeletVersion: o.Status.NodeInfo.KubeletVersion, KernelVersion: o.Status.NodeInfo.KernelVersion},
 	}
-	old := !deleted && n.Info.Blocks(keepalive.Cluster{UnsafeSysctlsAllowed: s.unsafeSysctlsAllowed}) != ""
+	old := !deleted && n.Info.Blocks(keepalive.Cluster{}) != ""
 	s.mu.Lock()
 	was, had := s.oldNodes[n.Name]
 	if !old && !had || old && had && sameNode(was, n) {
@@ -215,7 +212,7 @@ func (s *Store) setNode(o *corev1.Node, deleted bool) {
 	s.oldList = list
 	listeners := s.onOldNodes
 	s.mu.Unlock()
-	s.log.Info("node that refuses the keepalive sysctls", "node", n.Name, "old", old, "unschedulable", n.Unschedulable,
+	s.log.Info("node with a kubelet or kernel too old for the keepalive sysctls", "node", n.Name, "old", old, "unschedulable", n.Unschedulable,
 		"kubelet", n.Info.KubeletVersion, "kernel", n.Info.KernelVersion, "oldNodes", len(list))
 	for _, f := range listeners {
 		f()
