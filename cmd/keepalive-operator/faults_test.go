@@ -44,6 +44,13 @@ const (
 	// takes to project a changed Secret into the webhook's folder. A
 	// kubelet takes up to its sync period (a minute) plus its cache's TTL.
 	kubeletDelay = 2 * time.Second
+	// nearExpiryMargin is how long after the spec writes a near-expiry
+	// certificate it enters the lookahead. The certificate settles within
+	// it (kubeletDelay, the caBundle, a pod admitted): until then the
+	// operator's own writes send events of the Secret and the webhook
+	// configuration, and one that came after the certificate entered the
+	// lookahead would renew it before the spec touches the Secret.
+	nearExpiryMargin = 10 * time.Second
 	// installedConfig is the webhook configuration of config/webhook,
 	// which envtest installs.
 	installedConfig = "webhook-configuration"
@@ -344,15 +351,25 @@ func (r rotation) String() string {
 }
 
 // rotate makes the operator renew its certificate while pods are created.
-// nearExpiry is the certificate's notAfter, within the lookahead once the
-// spec touches the Secret.
+// nearExpiry is the certificate's notAfter, a whole second: the spec touches
+// the Secret as soon as the certificate is within the lookahead.
 func (f *rotationFixture) rotate(nearExpiry time.Time) rotation {
+	due := nearExpiry.Add(-rotationLookahead)
+	GinkgoWriter.Printf("the near-expiry certificate settled %s before it enters the lookahead\n", time.Until(due).Round(time.Millisecond))
+	Expect(time.Until(due)).To(BeNumerically(">", time.Second),
+		"the near-expiry certificate settled less than a second before it enters the lookahead")
+	// Creates before the rotation too, for a second: the baseline is zero
+	// failures.
+	time.Sleep(time.Until(due) - time.Second)
 	r := rotation{before: f.state()}
 	tally, stop := f.createContinuously(4)
 	r.tally = tally
-	// Creates before the rotation too: the baseline is zero failures.
-	time.Sleep(time.Second)
-	time.Sleep(time.Until(nearExpiry.Add(-rotationLookahead)))
+	time.Sleep(time.Until(due))
+	// The rotation measured is the one the touch starts.
+	if st := f.state(); !bytes.Equal(st.secret["tls.crt"], r.before.secret["tls.crt"]) {
+		stop()
+		Fail("the certificate was renewed before the spec touched the Secret")
+	}
 	start := time.Now()
 	f.touch()
 	Eventually(func() error {
@@ -380,9 +397,10 @@ var _ = Describe("certificate rotation with pods created throughout", Serial, fu
 	It("renews a serving certificate near expiry with the same CA", func() {
 		f := newRotationFixture("rotation-serving")
 		ca := caOf(f.state().secret)
-		// A serving certificate of the operator's CA that leaves the
-		// lookahead window in 3 s.
-		notAfter := time.Now().Add(rotationLookahead + 3*time.Second)
+		// A serving certificate of the operator's CA that enters the
+		// lookahead nearExpiryMargin from now (a certificate's notAfter is
+		// a whole second).
+		notAfter := time.Now().Add(rotationLookahead + nearExpiryMargin).Truncate(time.Second)
 		certPEM, keyPEM, err := f.issuer().CreateCertPEM(ca, time.Now().Add(-time.Hour), notAfter)
 		Expect(err).NotTo(HaveOccurred())
 		f.writeSecret(ca, certPEM, keyPEM)
@@ -408,9 +426,9 @@ var _ = Describe("certificate rotation with pods created throughout", Serial, fu
 
 	It("renews a CA near expiry and its serving certificate", func() {
 		f := newRotationFixture("rotation-ca")
-		// A CA and serving certificate that leave the lookahead window in
-		// 3 s.
-		notAfter := time.Now().Add(rotationLookahead + 3*time.Second)
+		// A CA and serving certificate that enter the lookahead
+		// nearExpiryMargin from now.
+		notAfter := time.Now().Add(rotationLookahead + nearExpiryMargin).Truncate(time.Second)
 		ca, err := f.issuer().CreateCACert(time.Now().Add(-time.Hour), notAfter)
 		Expect(err).NotTo(HaveOccurred())
 		certPEM, keyPEM, err := f.issuer().CreateCertPEM(ca, time.Now().Add(-time.Hour), notAfter)

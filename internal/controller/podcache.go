@@ -103,7 +103,9 @@ func toCachedPod(obj any) (any, error) {
 	}
 	if sc := pod.Spec.SecurityContext; sc != nil {
 		for _, s := range sc.Sysctls {
-			if s.Name == keepalive.SysctlTime || s.Name == keepalive.SysctlInterval || s.Name == keepalive.SysctlProbes {
+			// Under the pod's own name: the domain reads either form.
+			switch keepalive.NormalizeSysctlName(s.Name) {
+			case keepalive.SysctlTime, keepalive.SysctlInterval, keepalive.SysctlProbes:
 				shape.keepalive = append(shape.keepalive, s)
 			}
 		}

@@ -249,6 +249,20 @@ func TestCachedPod(t *testing.T) {
 			t.Errorf("a pod with other %s got the shape of p1", name)
 		}
 	}
+	// A slash-form name is the same sysctl: kept under the pod's own name,
+	// so that a pod carrying all three is compliant, not stale.
+	slash := pod("p7")
+	slash.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: "net/ipv4/tcp_keepalive_time", Value: "175"},
+		{Name: "net/ipv4/ip_forward", Value: "1"}, {Name: "net/ipv4/tcp_keepalive_intvl", Value: "30"}, {Name: keepalive.SysctlProbes, Value: "9"}}
+	out7, _ := toCachedPod(slash)
+	wantSlash := []corev1.Sysctl{{Name: "net/ipv4/tcp_keepalive_time", Value: "175"},
+		{Name: "net/ipv4/tcp_keepalive_intvl", Value: "30"}, {Name: keepalive.SysctlProbes, Value: "9"}}
+	if diff := cmp.Diff(wantSlash, out7.(*cachedPod).Keepalive()); diff != "" {
+		t.Errorf("slash-form keepalive sysctls (-want +got):\n%s", diff)
+	}
+	if !keepalive.Compliant(out7.(*cachedPod).Keepalive(), keepalive.Values{TimeSeconds: 175, IntervalSeconds: 30, Probes: 9}) {
+		t.Errorf("a pod with the values in slash form is not compliant: %v", out7.(*cachedPod).Keepalive())
+	}
 	// A value cannot pass for two entries.
 	forged := pod("p5")
 	forged.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: keepalive.SysctlTime, Value: "175\x00" + keepalive.SysctlProbes + "\x009"}}

@@ -194,9 +194,9 @@ func TestDecide(t *testing.T) {
 				"keepalive.io: KeepalivePolicy/shop/trial (Audit) would set net.ipv4.tcp_keepalive_time=30, net.ipv4.tcp_keepalive_intvl=10, net.ipv4.tcp_keepalive_probes=9"}},
 		},
 		"a refused value wins over Audit": {
-			pod: PodView{Sysctls: sysctls(SysctlProbes, "-5")}, ns: shop, cluster: current, policies: []Policy{audit},
+			pod: PodView{Sysctls: sysctls(SysctlProbes, "+5")}, ns: shop, cluster: current, policies: []Policy{audit},
 			want: Decision{Skip: SkipInvalidValue, Policy: &audit, Warnings: []string{
-				`keepalive.io: KeepalivePolicy/shop/trial not applied: the kernel refuses net.ipv4.tcp_keepalive_probes="-5" (the pod cannot start as written); set a decimal integer`}},
+				`keepalive.io: KeepalivePolicy/shop/trial not applied: the kernel refuses net.ipv4.tcp_keepalive_probes="+5" (the pod cannot start as written); set a decimal integer`}},
 		},
 		"slash form replaced in place, recorded under its own name": {
 			pod: PodView{Sysctls: sysctls("net/ipv4/tcp_keepalive_time", "7200", SysctlInterval, "30", SysctlProbes, "9")},

@@ -53,8 +53,11 @@ func TestClassify(t *testing.T) {
 		"a value the kernel refuses, not compliant": {
 			pod: PodView{Sysctls: sysctls(SysctlTime, "+100", SysctlInterval, "30", SysctlProbes, "9")}, ns: shop, cluster: current, state: PodSkipped, reason: SkipInvalidValue,
 		},
-		"refused probes": {
-			pod: PodView{Sysctls: sysctls(SysctlTime, "100", SysctlInterval, "30", SysctlProbes, "256")}, ns: shop, cluster: current, state: PodSkipped, reason: SkipInvalidValue,
+		"refused probes, outside the int range": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "100", SysctlInterval, "30", SysctlProbes, "2147483648")}, ns: shop, cluster: current, state: PodSkipped, reason: SkipInvalidValue,
+		},
+		"stale: probes above 255, which only Linux 5.13 and later refuse": {
+			pod: PodView{Sysctls: sysctls(SysctlTime, "100", SysctlInterval, "30", SysctlProbes, "256")}, ns: shop, cluster: current, state: PodStale,
 		},
 		"refused even where the rest is missing": {
 			pod: PodView{Sysctls: sysctls("net/ipv4/tcp_keepalive_intvl", "100abc")}, ns: shop, cluster: current, state: PodSkipped, reason: SkipInvalidValue,

@@ -162,23 +162,30 @@ var kernelDefaults = map[string]int64{SysctlTime: 7200, SysctlInterval: 75, Sysc
 
 // ReadSysctl reads value as the kernel does when a container runtime writes
 // it to a keepalive sysctl (os.WriteFile, a write loop), name in either
-// form. ok is false when the write fails, and the pod's sandbox with it;
-// otherwise n is what the sysctl holds afterwards in a new network
-// namespace. It also returns false for any other sysctl.
+// form. ok is false when the write fails on every kernel, and the pod's
+// sandbox with it; otherwise n is what the sysctl holds afterwards in a new
+// network namespace. It also returns false for any other sysctl.
 //
-// tcp_keepalive_time and tcp_keepalive_intvl are proc_dointvec_jiffies,
-// tcp_keepalive_probes is proc_dou8vec_minmax; both read one number as
-// proc_get_long does: leading white space (isspace, Latin-1 0xA0 included)
-// skipped, an optional '-', then base 0 (0x or 0X hex, a leading 0 octal),
-// followed by the end or a space, tab or newline, after which the rest is
-// ignored: proc_dou8vec_minmax takes the whole write, proc_dointvec_jiffies
-// takes the number and its trailing white space and the write loop sends
-// the rest at a nonzero offset, which sysctl_writes_strict (1, the default)
-// drops without an error. Empty is a write of
-// nothing: accepted, the default stays. Refused: no digit after the spaces
-// or the '-', '+', any other character right after the number, u64
-// overflow, a number of 21 characters or more; for time and interval a
-// magnitude above INT_MAX/HZ; for probes a '-' or a value above 255.
+// tcp_keepalive_time and tcp_keepalive_intvl are proc_dointvec_jiffies;
+// tcp_keepalive_probes is proc_dou8vec_minmax since Linux 5.13 and
+// proc_dointvec before (5.10 and 5.4 are still common on nodes). All read
+// one number as proc_get_long does: leading white space (isspace, Latin-1
+// 0xA0 included) skipped, an optional '-', then base 0 (0x or 0X hex, a
+// leading 0 octal), followed by the end or a space, tab or newline, after
+// which the rest is ignored: proc_dou8vec_minmax takes the whole write,
+// proc_dointvec and proc_dointvec_jiffies take the number and its trailing
+// white space and the write loop sends the rest at a nonzero offset, which
+// sysctl_writes_strict (1, the default) drops without an error. Empty is a
+// write of nothing: accepted, the default stays. Refused: no digit after
+// the spaces or the '-', '+', any other character right after the number,
+// u64 overflow, a number of 21 characters or more; for time and interval a
+// magnitude above INT_MAX/HZ; for probes a value outside the int range.
+//
+// A probes value with a '-' ('-0' included) or above 255 is read as a
+// kernel before 5.13 holds it, although 5.13 and later refuse it: which
+// kernel a pod lands on is not known at admission, and such a value, zero,
+// negative or above 255, is never one the merge keeps: it is replaced,
+// which every kernel accepts.
 func ReadSysctl(name, value string) (n int64, ok bool) {
 	name = NormalizeSysctlName(name)
 	def, known := kernelDefaults[name]
@@ -189,15 +196,16 @@ func ReadSysctl(name, value string) (n int64, ok bool) {
 		return def, true
 	}
 	neg, mag, ok := procGetLong(value)
-	switch {
-	case !ok:
-		return 0, false
-	case name == SysctlProbes:
-		if neg || mag > math.MaxUint8 {
-			return 0, false
+	limit := uint64(jiffiesLimit)
+	if name == SysctlProbes {
+		// proc_dointvec's bounds: INT_MIN..INT_MAX.
+		limit = math.MaxInt32
+		if neg {
+			limit++
 		}
-		return int64(mag), true
-	case mag > jiffiesLimit:
+	}
+	switch {
+	case !ok, mag > limit:
 		return 0, false
 	case neg:
 		return -int64(mag), true

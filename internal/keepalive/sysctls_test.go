@@ -1,6 +1,7 @@
 package keepalive
 
 import (
+	"math"
 	"strings"
 	"testing"
 
@@ -68,10 +69,43 @@ func TestMergeSysctls(t *testing.T) {
 			},
 		},
 		"every refused value is reported": {
-			existing: sysctls(SysctlTime, "+100", SysctlInterval, "1e3", SysctlProbes, "-5"),
+			existing: sysctls(SysctlTime, "+100", SysctlInterval, "1e3", SysctlProbes, "100abc"),
 			want: Merge{
-				Sysctls: sysctls(SysctlTime, "+100", SysctlInterval, "1e3", SysctlProbes, "-5"),
-				Invalid: sysctls(SysctlTime, "+100", SysctlInterval, "1e3", SysctlProbes, "-5"),
+				Sysctls: sysctls(SysctlTime, "+100", SysctlInterval, "1e3", SysctlProbes, "100abc"),
+				Invalid: sysctls(SysctlTime, "+100", SysctlInterval, "1e3", SysctlProbes, "100abc"),
+			},
+		},
+		// Linux 5.13 and later refuse these, older kernels take them: replaced,
+		// the pod starts on either.
+		"probes above 255 replaced": {
+			existing: sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "256"),
+			want: Merge{
+				Sysctls:  sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9"),
+				Replaced: sysctls(SysctlProbes, "256"),
+				Changed:  true,
+			},
+		},
+		"negative probes replaced": {
+			existing: sysctls(SysctlTime, "175", "net/ipv4/tcp_keepalive_probes", "-5", SysctlInterval, "30"),
+			want: Merge{
+				Sysctls:  sysctls(SysctlTime, "175", "net/ipv4/tcp_keepalive_probes", "9", SysctlInterval, "30"),
+				Replaced: sysctls("net/ipv4/tcp_keepalive_probes", "-5"),
+				Changed:  true,
+			},
+		},
+		"probes of -0 replaced": {
+			existing: sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "-0"),
+			want: Merge{
+				Sysctls:  sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "9"),
+				Replaced: sysctls(SysctlProbes, "-0"),
+				Changed:  true,
+			},
+		},
+		"probes outside the int range refused": {
+			existing: sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "2147483648"),
+			want: Merge{
+				Sysctls: sysctls(SysctlTime, "175", SysctlInterval, "30", SysctlProbes, "2147483648"),
+				Invalid: sysctls(SysctlProbes, "2147483648"),
 			},
 		},
 		"values kept as the kernel reads them": {
@@ -185,7 +219,9 @@ func TestReadSysctl(t *testing.T) {
 	refused := read{}
 	// What the kernel does when os.WriteFile writes the value to
 	// /proc/sys/net/ipv4/tcp_keepalive_{time,probes}; test/netlab checks
-	// this table against a real kernel.
+	// this table against a real kernel. Probes are read with the bounds of
+	// a kernel before 5.13 (any int); 5.13 and later refuse a '-' or a
+	// value above 255, which the merge replaces either way.
 	cases := map[string]struct {
 		value        string
 		time, probes read
@@ -199,9 +235,9 @@ func TestReadSysctl(t *testing.T) {
 		"hex, capital X":               {"0X1f", read{31, true}, read{31, true}},
 		"octal":                        {"010", read{8, true}, read{8, true}},
 		"zero":                         {"0", read{0, true}, read{0, true}},
-		"negative":                     {"-5", read{-5, true}, refused},
-		"negative zero":                {"-0", read{0, true}, refused},
-		"negative hex":                 {"-0x10", read{-16, true}, refused},
+		"negative":                     {"-5", read{-5, true}, read{-5, true}},
+		"negative zero":                {"-0", read{0, true}, read{0, true}},
+		"negative hex":                 {"-0x10", read{-16, true}, read{-16, true}},
 		"rest after a space ignored":   {"100 abc", read{100, true}, read{100, true}},
 		"second number ignored":        {"100 200", read{100, true}, read{100, true}},
 		"plus sign":                    {"+100", refused, refused},
@@ -220,16 +256,21 @@ func TestReadSysctl(t *testing.T) {
 		"space after minus":            {"- 5", refused, refused},
 		"decimal point":                {"1.5", refused, refused},
 		"probes at the u8 limit":       {"255", read{255, true}, read{255, true}},
-		"probes above the u8 limit":    {"256", read{256, true}, refused},
-		"jiffies limit at HZ 100":      {"21474836", read{21474836, true}, refused},
-		"above it":                     {"21474837", refused, refused},
-		"negative, above it":           {"-21474837", refused, refused},
+		"probes above the u8 limit":    {"256", read{256, true}, read{256, true}},
+		"jiffies limit at HZ 100":      {"21474836", read{21474836, true}, read{21474836, true}},
+		"above it":                     {"21474837", refused, read{21474837, true}},
+		"negative, above it":           {"-21474837", refused, read{-21474837, true}},
+		"INT_MAX":                      {"2147483647", refused, read{math.MaxInt32, true}},
+		"above INT_MAX":                {"2147483648", refused, refused},
+		"INT_MIN":                      {"-2147483648", refused, read{math.MinInt32, true}},
+		"below INT_MIN":                {"-2147483649", refused, refused},
+		"u32 max":                      {"4294967295", refused, refused},
 		"u64 max":                      {"18446744073709551615", refused, refused},
 		"u64 overflow":                 {"18446744073709551616", refused, refused},
 		"20 characters":                {"00000000000000000100", read{64, true}, read{64, true}},
 		"21 characters":                {"000000000000000000100", refused, refused},
 		"20 characters of hex":         {"0x000000000000000064", read{100, true}, read{100, true}},
-		"20 characters with minus":     {"-0000000000000000064", read{-52, true}, refused},
+		"20 characters with minus":     {"-0000000000000000064", read{-52, true}, read{-52, true}},
 		"4094 spaces: one digit read":  {strings.Repeat(" ", 4094) + "100", read{1, true}, read{1, true}},
 		"4092 spaces: all read":        {strings.Repeat(" ", 4092) + "100", read{100, true}, read{100, true}},
 		"4095 spaces: nothing read":    {strings.Repeat(" ", 4095) + "100", refused, refused},

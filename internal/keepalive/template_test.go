@@ -213,9 +213,9 @@ func TestDesiredTemplateRefusedValue(t *testing.T) {
 	nlb, _, _, _ := templatePolicies(t)
 	cluster := Cluster{Minor: 36, OperatorNamespace: "keepalive-system"}
 	for name, list := range map[string][]corev1.Sysctl{
-		"plus sign":       sysctls(SysctlTime, "+100", SysctlInterval, "30"),
-		"slash form word": sysctls("net/ipv4/tcp_keepalive_probes", "nine"),
-		"probes negative": sysctls(SysctlProbes, "-1"),
+		"plus sign":            sysctls(SysctlTime, "+100", SysctlInterval, "30"),
+		"slash form word":      sysctls("net/ipv4/tcp_keepalive_probes", "nine"),
+		"probes below INT_MIN": sysctls(SysctlProbes, "-2147483649"),
 	} {
 		t.Run(name, func(t *testing.T) {
 			got := DesiredTemplate(PodView{Sysctls: list}, nil, Namespace{Name: "shop"}, cluster, []Policy{nlb})

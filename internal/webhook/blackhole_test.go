@@ -39,8 +39,9 @@ const (
 	// installedWebhook is the name of the MutatingWebhookConfiguration of
 	// config/webhook, which envtest installs.
 	installedWebhook = "webhook-configuration"
-	// webhookTimeout is DESIGN.md's timeoutSeconds, not the installed
-	// configuration's: a configuration with a longer timeout must fail.
+	// webhookTimeout is the timeoutSeconds the webhook must have, 2 s as
+	// config/webhook/manifests.yaml and the chart set it, not read from the
+	// installed configuration: one with a longer timeout must fail.
 	webhookTimeout = 2 * time.Second
 	// createMargin is what a create may take beyond the webhook timeout:
 	// the rest of the create (other admission, the etcd write, the

@@ -30,6 +30,9 @@ type kernelSysctls struct {
 	// jiffiesMax is the largest tcp_keepalive_time this kernel accepts,
 	// INT_MAX / HZ.
 	jiffiesMax int64
+	// probesU8 is whether tcp_keepalive_probes is a u8 here (Linux 5.13
+	// and later) rather than an int.
+	probesU8 bool
 }
 
 // newKernelSysctls unshares a network namespace on a thread of its own, or
@@ -99,6 +102,11 @@ func newKernelSysctls(tb testing.TB) *kernelSysctls {
 		}
 	}
 	k.jiffiesMax = lo
+	accepted, _, err := k.write(keepalive.SysctlProbes, "256")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k.probesU8 = !accepted
 	return k
 }
 
@@ -186,6 +194,7 @@ var sysctlSeeds = []string{
 	"   ", "\t\n\r\v100", "\xa0100", "\u00a0100", "100\n", "100\r", "100\xa0", "100\x00",
 	"100 abc", "100 200", "100\t200", "08", "0x", "0x1g", "-", "--5", "- 5", "1.5", "soon",
 	"255", "256", "2147483", "2147484", "8589934", "8589935", "21474836", "21474837", "-21474837",
+	"2147483647", "2147483648", "-2147483648", "-2147483649",
 	"4294967295", "4294967296", "18446744073709551615", "18446744073709551616",
 	"00000000000000000100", "000000000000000000100", "0x000000000000000064", "0x0000000000000000064",
 	"-0000000000000000064", "-00000000000000000064",
@@ -197,6 +206,15 @@ var sysctlSeeds = []string{
 // kernel and compares what it does with keepalive.ReadSysctl. The domain
 // reads tcp_keepalive_time and _intvl as a kernel with HZ 100 does; a kernel
 // with a larger HZ also refuses what lies above its own INT_MAX / HZ.
+//
+// The domain reads tcp_keepalive_probes as a kernel before 5.13 does, an
+// int. Where it is a u8 (5.13 and later), the kernel also refuses a '-'
+// and values above 255, which the domain reads: a deliberate difference,
+// since the merge replaces such a value and the replacement is valid on
+// every kernel. There the comparison checks that the domain read it as
+// the kernel reads the int tcp_keepalive_time, which takes the same syntax
+// (proc_dointvec, as probes before 5.13), and that the merge would replace
+// it.
 func FuzzReadSysctl(f *testing.F) {
 	for _, s := range sysctlSeeds {
 		f.Add(s)
@@ -205,7 +223,8 @@ func FuzzReadSysctl(f *testing.F) {
 	if k.jiffiesMax > math.MaxInt32/100 {
 		f.Fatalf("this kernel accepts tcp_keepalive_time up to %d, more than the domain's INT_MAX/100", k.jiffiesMax)
 	}
-	f.Logf("this kernel accepts tcp_keepalive_time up to %d s (HZ %d)", k.jiffiesMax, math.MaxInt32/k.jiffiesMax)
+	f.Logf("this kernel accepts tcp_keepalive_time up to %d s (HZ %d), tcp_keepalive_probes as a u8: %v",
+		k.jiffiesMax, math.MaxInt32/k.jiffiesMax, k.probesU8)
 	f.Fuzz(func(t *testing.T, value string) {
 		for _, name := range []string{keepalive.SysctlTime, keepalive.SysctlInterval, keepalive.SysctlProbes} {
 			accepted, got, err := k.write(name, value)
@@ -214,6 +233,10 @@ func FuzzReadSysctl(f *testing.F) {
 			}
 			n, ok := keepalive.ReadSysctl(name, value)
 			domain := ok && (name == keepalive.SysctlProbes || max(n, -n) <= k.jiffiesMax)
+			if name == keepalive.SysctlProbes && k.probesU8 && ok && !accepted {
+				k.checkU8Refusal(t, value, n)
+				continue
+			}
 			switch {
 			case accepted != domain:
 				t.Errorf("%s=%q: the kernel accepts it: %v (reads %d); ReadSysctl: %d, %v", name, value, accepted, got, n, ok)
@@ -224,4 +247,24 @@ func FuzzReadSysctl(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkU8Refusal checks a probes value that a u8 kernel refuses and the
+// domain reads: the merge must replace it, and the int tcp_keepalive_time of
+// this kernel, where its magnitude fits, must read it the same.
+func (k *kernelSysctls) checkU8Refusal(t *testing.T, value string, n int64) {
+	t.Helper()
+	if n >= 1 && n <= math.MaxUint8 {
+		t.Errorf("%s=%q: the kernel refuses it, ReadSysctl reads %d, which the merge may keep", keepalive.SysctlProbes, value, n)
+	}
+	if max(n, -n) > k.jiffiesMax {
+		return
+	}
+	accepted, got, err := k.write(keepalive.SysctlTime, value)
+	switch {
+	case err != nil:
+		t.Fatal(err)
+	case !accepted || got != n:
+		t.Errorf("%s=%q: ReadSysctl reads %d; %s accepts it: %v (reads %d)", keepalive.SysctlProbes, value, n, keepalive.SysctlTime, accepted, got)
+	}
 }
