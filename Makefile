@@ -83,7 +83,7 @@ test-e2e: e2e-needs image-archives $(HELM) ## End to end on a local single-node 
 	go test -c -tags e2e -o $(LOCALBIN)/e2e.test ./test/e2e
 	hack/local-cluster.sh up
 	status=0; hack/local-cluster.sh run env KUBECONFIG=$(LOCAL_CLUSTER_DIR)/kubeconfig HELM=$(HELM) \
-		KUBECTL="$$(hack/setup-envtest.sh)/kubectl" TCPAPP=$(IMAGES)/tcpapp \
+		KUBECTL="$$(hack/setup-envtest.sh)/kubectl" TCPAPP=$(IMAGES)/tcpapp PREVIOUS_CHART=$(PREVIOUS_CHART) \
 		$(LOCALBIN)/e2e.test -test.timeout $(E2E_TIMEOUT) -ginkgo.v || status=$$?; \
 	[ -n "$(E2E_KEEP)" ] || hack/local-cluster.sh down; \
 	exit $$status
@@ -134,11 +134,20 @@ run: manifests generate ## Run the operator against the cluster of the current k
 	go run ./cmd/keepalive-operator --metrics-bind-address=0
 
 IMAGES = $(LOCALBIN)/images
+# The release the e2e suite upgrades from with Helm: its chart and operator
+# image are built from this commit, which the clone must hold.
+PREVIOUS_RELEASE ?= 0e382c3858d145632c78b37948d9751f0fe41f59
+PREVIOUS_CHART = $(LOCALBIN)/previous-release/keepalive-operator
 
 .PHONY: image-archives
-image-archives: ## Build OCI image archives of the operator, the pause program and the test application into bin/images, for a node without a registry.
+image-archives: ## Build OCI image archives of the operator (and of its previous release), the pause program and the test application into bin/images, for a node without a registry.
+	@git cat-file -e '$(PREVIOUS_RELEASE)^{commit}' 2>/dev/null || { echo "error: commit $(PREVIOUS_RELEASE), the previous release that the e2e suite upgrades from, is not in this clone (fetch the history: git fetch --unshallow)" >&2; exit 1; }
 	mkdir -p $(IMAGES)
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/keepalive-operator ./cmd/keepalive-operator
+	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && git archive $(PREVIOUS_RELEASE) | tar -x -C "$$src" && \
+		(cd "$$src" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/keepalive-operator-previous ./cmd/keepalive-operator) && \
+		rm -rf $(PREVIOUS_CHART) && mkdir -p $(dir $(PREVIOUS_CHART)) && cp -r "$$src/$(CHART)" $(PREVIOUS_CHART)
+	go run ./hack/ociarchive -binary $(IMAGES)/keepalive-operator-previous -name keepalive-operator:previous -o $(IMAGES)/keepalive-operator-previous.tar
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/pause ./test/e2e/images/pause
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/tcpapp ./test/e2e/images/tcpapp
 	go run ./hack/ociarchive -binary $(IMAGES)/keepalive-operator -name keepalive-operator:e2e -o $(IMAGES)/keepalive-operator.tar

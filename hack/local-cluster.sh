@@ -7,6 +7,8 @@
 #   hack/local-cluster.sh down     stop it and remove every trace
 #   hack/local-cluster.sh status   what runs
 #   hack/local-cluster.sh run CMD  run CMD in the node's network namespace
+#   hack/local-cluster.sh kill NAME...   SIGKILL etcd or kube-apiserver, as a crash would
+#   hack/local-cluster.sh start NAME...  start them again, with the same flags and data
 #
 # Every component runs inside a network namespace and a mount namespace of
 # its own, so the machine's interfaces, routes and iptables are never touched:
@@ -240,12 +242,13 @@ namespaces() {
   "
 }
 
-# start NAME CMD...: a daemon in the node's namespaces, logging to logs/NAME.log.
+# start NAME CMD...: a daemon in the node's namespaces, logging to logs/NAME.log
+# (appended to, so that a restarted daemon keeps its earlier lines).
 start() {
   local name=$1
   shift
   mkdir -p "$STATE/logs"
-  setsid nsenter --net="$netns_file" --mount="$mnt_file" -- "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
+  setsid nsenter --net="$netns_file" --mount="$mnt_file" -- "$@" >>"$STATE/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$STATE/$name.pid"
 }
 
@@ -262,6 +265,30 @@ wait_for() {
     fi
     sleep 0.2
   done
+}
+
+# etcd keeps its data in the node's /var/lib, which outlives the process: a
+# restarted etcd finds what it had.
+start_etcd() {
+  start etcd "$ENVTEST_BIN/etcd" --data-dir /var/lib/etcd --unsafe-no-fsync \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380
+}
+
+start_apiserver() {
+  local d=$STATE/pki
+  start kube-apiserver "$ENVTEST_BIN/kube-apiserver" \
+    --etcd-servers http://127.0.0.1:2379 \
+    --advertise-address "$NODE_IP" --bind-address "$NODE_IP" --secure-port 6443 \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --client-ca-file "$d/ca.crt" --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" \
+    --kubelet-client-certificate "$d/apiserver-kubelet-client.crt" --kubelet-client-key "$d/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$d/ca.crt" --kubelet-preferred-address-types InternalIP \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$d/sa.pub" --service-account-signing-key-file "$d/sa.key" \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --allow-privileged=true --enable-aggregator-routing=true
+  wait_for kube-apiserver 60 kubectl get --raw /readyz
 }
 
 up() {
@@ -282,21 +309,8 @@ up() {
   namespaces
   local d=$STATE/pki
 
-  start etcd "$ENVTEST_BIN/etcd" --data-dir /var/lib/etcd --unsafe-no-fsync \
-    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-    --listen-peer-urls http://127.0.0.1:2380
-  start kube-apiserver "$ENVTEST_BIN/kube-apiserver" \
-    --etcd-servers http://127.0.0.1:2379 \
-    --advertise-address "$NODE_IP" --bind-address "$NODE_IP" --secure-port 6443 \
-    --service-cluster-ip-range "$SERVICE_CIDR" \
-    --client-ca-file "$d/ca.crt" --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" \
-    --kubelet-client-certificate "$d/apiserver-kubelet-client.crt" --kubelet-client-key "$d/apiserver-kubelet-client.key" \
-    --kubelet-certificate-authority "$d/ca.crt" --kubelet-preferred-address-types InternalIP \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$d/sa.pub" --service-account-signing-key-file "$d/sa.key" \
-    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-    --allow-privileged=true --enable-aggregator-routing=true
-  wait_for kube-apiserver 60 kubectl get --raw /readyz
+  start_etcd
+  start_apiserver
   start kube-controller-manager "$NODE_BIN/kube-controller-manager" \
     --kubeconfig "$STATE/controller-manager.kubeconfig" --bind-address 127.0.0.1 --leader-elect=false \
     --service-account-private-key-file "$d/sa.key" --root-ca-file "$d/ca.crt" \
@@ -310,7 +324,9 @@ up() {
     [ -e "$archive" ] || { say "no image archives in $IMAGES (make image-archives)"; break; }
     node_exec ctr --address /run/containerd/containerd.sock -n k8s.io images import "$archive" >/dev/null
   done
-  node_exec ctr --address /run/containerd/containerd.sock -n k8s.io images ls -q | grep -qx "$SANDBOX_IMAGE" ||
+  # grep reads the whole list: with -q it could stop early, and ctr would
+  # fail on the closed pipe.
+  node_exec ctr --address /run/containerd/containerd.sock -n k8s.io images ls -q | grep -x "$SANDBOX_IMAGE" >/dev/null ||
     die "the sandbox image $SANDBOX_IMAGE is not in the node's containerd: run make image-archives first"
   start kube-proxy "$NODE_BIN/kube-proxy" --config "$STATE/kube-proxy.yaml"
   start kubelet "$NODE_BIN/kubelet" --config "$STATE/kubelet.yaml" \
@@ -384,13 +400,73 @@ down() {
   rm -rf "$STATE"
 }
 
+# --- one component at a time ---------------------------------------------------
+
+# running NAME: the pid of component NAME if it runs, else nothing. A pid
+# counts only while it lives in the node's network namespace and is no zombie,
+# so that a pid reused by another process is never taken for it.
+running() {
+  local pid
+  [ -f "$STATE/$1.pid" ] || return 0
+  pid=$(cat "$STATE/$1.pid")
+  [ "$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null)" = "$(stat -L -c %i "$netns_file" 2>/dev/null)" ] || return 0
+  [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" != Z ] && echo "$pid"
+  return 0
+}
+
+# The components `kill` and `start` act on.
+restartable() {
+  case $1 in
+    etcd | kube-apiserver) ;;
+    *) die "kill and start take etcd or kube-apiserver, not '$1'" ;;
+  esac
+}
+
+kill_components() {
+  [ $# -gt 0 ] || die "usage: $0 kill etcd|kube-apiserver..."
+  local name pid i
+  for name in "$@"; do
+    restartable "$name"
+    pid=$(running "$name")
+    [ -n "$pid" ] || die "$name is not running"
+    kill -9 "$pid"
+  done
+  # Once a process has ended the kernel has closed its sockets: a new one
+  # can listen on its ports.
+  for name in "$@"; do
+    for i in $(seq 50); do
+      [ -z "$(running "$name")" ] && break
+      sleep 0.1
+    done
+    [ -z "$(running "$name")" ] || die "$name still runs after SIGKILL"
+    say "killed $name"
+  done
+}
+
+start_components() {
+  [ $# -gt 0 ] || die "usage: $0 start etcd|kube-apiserver..."
+  [ -e "$netns_file" ] || die "the cluster is down: $0 up"
+  ENVTEST_BIN=$("$ROOT/hack/setup-envtest.sh")
+  local name
+  for name in "$@"; do
+    restartable "$name"
+    [ -z "$(running "$name")" ] || die "$name is running"
+    case $name in
+      etcd) start_etcd ;;
+      kube-apiserver) start_apiserver ;;
+    esac
+    say "started $name"
+  done
+}
+
 status() {
   if [ ! -e "$netns_file" ]; then echo "down"; return 0; fi
   ENVTEST_BIN=$("$ROOT/hack/setup-envtest.sh" 2>/dev/null)
-  local name
+  local name pid
   for name in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kube-proxy kubelet; do
-    if [ -f "$STATE/$name.pid" ] && kill -0 "$(cat "$STATE/$name.pid")" 2>/dev/null; then
-      echo "$name: running (pid $(cat "$STATE/$name.pid"))"
+    pid=$(running "$name")
+    if [ -n "$pid" ]; then
+      echo "$name: running (pid $pid)"
     else
       echo "$name: not running"
     fi
@@ -404,5 +480,7 @@ case ${1:-} in
   down) down; say "down" ;;
   status) status ;;
   run) shift; exec nsenter --net="$netns_file" -- "$@" ;;
-  *) die "usage: $0 up|down|status|run CMD..." ;;
+  kill) shift; kill_components "$@" ;;
+  start) shift; start_components "$@" ;;
+  *) die "usage: $0 up|down|status|run CMD...|kill NAME...|start NAME..." ;;
 esac

@@ -58,7 +58,7 @@ func TestDecideWithOldNodes(t *testing.T) {
 			cluster:   with(tainted), skip: SkipNodeKubelet, warning: "node gpu-1,",
 		},
 		"a taint that only prefers other nodes keeps no pod off": {cluster: with(preferNot), skip: SkipNodeKubelet},
-		"nor does a node that is not ready for now": {cluster: with(notReady), skip: SkipNodeKubelet},
+		"nor does a node that is not ready for now":              {cluster: with(notReady), skip: SkipNodeKubelet},
 		"a pod pinned by nodeName to a current node": {
 			placement: Placement{NodeName: "new-1"}, cluster: with(kubelet128), skip: "",
 		},

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"text/tabwriter"
@@ -33,7 +32,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
-	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
 )
 
 const (
@@ -73,11 +71,8 @@ var _ = BeforeSuite(func() {
 
 	By("installing the chart with Helm: the local image, the operator's own certificates, 2 replicas")
 	start := time.Now()
-	out, err := command(os.Getenv("HELM"), "install", release, filepath.Join(testenv.Root(), "charts", "keepalive-operator"),
-		"--namespace", operatorNamespace, "--create-namespace", "--wait", "--timeout", "5m",
-		"--set", "image.repository=keepalive-operator", "--set", "image.tag=e2e", "--set", "image.pullPolicy=Never",
-		"--set", "operator.maxConcurrentRollouts=1")
-	Expect(err).NotTo(HaveOccurred(), out)
+	helm(append([]string{"install", release, chartPath(), "--namespace", operatorNamespace, "--create-namespace", "--wait", "--timeout", "5m"},
+		chartValues("e2e")...)...)
 	AddReportEntry("helm install --wait", time.Since(start).Round(100*time.Millisecond).String())
 
 	deploy := &appsv1.Deployment{}
