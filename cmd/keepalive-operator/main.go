@@ -55,6 +55,7 @@ type options struct {
 	webhookCertPath  string
 	webhookPort      int
 	webhookReadTime  time.Duration
+	shutdownDelay    time.Duration
 	enableHTTP2      bool
 	unsafeSysctls    bool
 	operatorNS       string
@@ -84,6 +85,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "Namespace of the leader election lease; the operator's own namespace when empty.")
 	fs.StringVar(&o.webhookCertPath, "webhook-cert-path", filepath.Join(os.TempDir(), "k8s-webhook-server", "serving-certs"), "Folder with tls.crt and tls.key for the webhook server; reloaded when they change. With --cert-rotation, mount the Secret --webhook-secret-name there.")
 	fs.IntVar(&o.webhookPort, "webhook-port", ctrlwebhook.DefaultPort, "Port the webhook server listens on.")
+	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 5*time.Second, "How long the operator goes on serving after SIGTERM before it stops: the API server keeps sending reviews to a terminating pod until it sees its endpoint go, and a review the webhook no longer answers admits the pod without the values. Keep it below the pod's terminationGracePeriodSeconds.")
 	fs.DurationVar(&o.webhookReadTime, "webhook-read-timeout", 10*time.Second, "How long the webhook server waits for a request's body once its headers are in; a slower client gets an error and its connection is closed. The API server sends a review at once and gives up after the webhook's timeoutSeconds (30 s at most).")
 	fs.BoolVar(&o.enableHTTP2, "enable-http2", false, "Offer HTTP/2 on the webhook and metrics servers besides HTTP/1.1. Off by default: HTTP/2's stream handling is where the rapid-reset attacks (CVE-2023-44487, CVE-2023-39325) struck, and one review per request needs none of it.")
 	fs.BoolVar(&o.unsafeSysctls, "unsafe-sysctls-allowed", false, "Every kubelet allows the keepalive sysctls (--allowed-unsafe-sysctls): inject them even on clusters older than Kubernetes 1.29.")
@@ -130,6 +132,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.webhookPort < 1 || o.webhookPort > 65535 {
 		return o, fmt.Errorf("--webhook-port must be between 1 and 65535, is %d", o.webhookPort)
+	}
+	if o.shutdownDelay < 0 {
+		return o, fmt.Errorf("--shutdown-delay must be 0 or more, is %s", o.shutdownDelay)
 	}
 	if o.webhookReadTime <= 0 {
 		return o, fmt.Errorf("--webhook-read-timeout must be positive, is %s", o.webhookReadTime)
@@ -187,6 +192,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&o.zap)))
 	log := ctrl.Log.WithName("setup")
+	ctx = afterDelay(ctx, o.shutdownDelay)
 
 	cfg, err := restConfig(o.kubeconfig)
 	if err != nil {
@@ -381,6 +387,24 @@ func byName(cfg *rest.Config, names map[string]string) *rest.Config {
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+// afterDelay is a context that ends delay after parent does. On SIGTERM
+// the pod is terminating and its endpoint about to go, but until the API
+// server has seen that, it still sends reviews here: the webhook must answer
+// them meanwhile. A second signal still ends the process at once.
+func afterDelay(parent context.Context, delay time.Duration) context.Context {
+	if delay == 0 {
+		return parent
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	go func() {
+		<-parent.Done()
+		ctrl.Log.WithName("setup").Info("stopping", "after", delay.String())
+		time.Sleep(delay)
+		cancel()
+	}()
+	return ctx
+}
 
 // operatorNamespace is the namespace the operator runs in, when it can tell.
 func operatorNamespace() string {

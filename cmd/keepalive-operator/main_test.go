@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -73,19 +74,21 @@ func freeAddr() string {
 // start runs the operator's binary with args until the spec ends, its
 // webhook server where envtest's webhook configuration points. Later flags
 // override earlier ones.
-func start(args ...string) {
+func start(args ...string) *gexec.Session {
 	wh := env.WebhookInstallOptions
 	cmd := exec.Command(binary, append([]string{
 		"--kubeconfig", env.Kubeconfig,
 		"--webhook-cert-path", wh.LocalServingCertDir,
 		"--webhook-port", strconv.Itoa(wh.LocalServingPort),
 		"--operator-namespace", operatorNS,
+		"--shutdown-delay", "0s", // one spec tries the delay
 	}, args...)...)
 	session, err := gexec.Start(cmd, GinkgoWriter, GinkgoWriter)
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func() {
 		Eventually(session.Terminate(), 30*time.Second).Should(gexec.Exit(0))
 	})
+	return session
 }
 
 func get(c *http.Client, url string) (int, string) {
@@ -121,6 +124,24 @@ var _ = Describe("the manager", func() {
 			}
 			return pod.Annotations
 		}, 20*time.Second).Should(HaveKeyWithValue("keepalive.io/policy", "KeepalivePolicy/"+ns.Name+"/nlb"))
+	})
+
+	It("goes on admitting pods for --shutdown-delay after SIGTERM, then stops", func() {
+		session := start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0", "--shutdown-delay", "4s")
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "shop-"}}
+		Expect(k8sClient.Create(context.Background(), ns)).To(Succeed())
+		Expect(k8sClient.Create(context.Background(), testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns.Name, "nlb"))).To(Succeed())
+		injected := func() bool {
+			pod := testobj.MakePod(ns.Name, "app").Obj()
+			return k8sClient.Create(context.Background(), pod, client.DryRunAll) == nil && pod.Annotations["keepalive.io/policy"] != ""
+		}
+		Eventually(injected, 20*time.Second).Should(BeTrue())
+
+		session.Signal(syscall.SIGTERM)
+		sent := time.Now()
+		Consistently(injected, "3s", "200ms").Should(BeTrue(), "a review in the shutdown delay went unanswered")
+		Eventually(session, 20*time.Second).Should(gexec.Exit(0))
+		Expect(time.Since(sent)).To(BeNumerically(">=", 4*time.Second), "stopped before the delay was over")
 	})
 
 	It("leaves alone the namespaces and pods its scope flags exclude", func() {
