@@ -350,6 +350,22 @@ func (r rotation) String() string {
 		r.secret.Round(time.Millisecond), bundle, r.served.Round(time.Millisecond), r.tally)
 }
 
+// rotateUnderLoad rotates (see rotate), reports the figures under name, and
+// checks that every pod created meanwhile was admitted with the values. It
+// returns the state before and after.
+func (f *rotationFixture) rotateUnderLoad(notAfter time.Time, name string) (before, after state) {
+	GinkgoHelper()
+	r := f.rotate(notAfter)
+	before, tally, after := r.before, r.tally, f.state()
+	report := r.String()
+	AddReportEntry(name, report)
+	GinkgoWriter.Println(report)
+	Expect(tally.failed.Load()).To(BeZero(), report)
+	Expect(tally.uninjected.Load()).To(BeZero(), report)
+	Expect(tally.total.Load()).To(BeNumerically(">=", 20), report)
+	return before, after
+}
+
 // rotate makes the operator renew its certificate while pods are created.
 // nearExpiry is the certificate's notAfter, a whole second: the spec touches
 // the Secret as soon as the certificate is within the lookahead.
@@ -407,14 +423,7 @@ var _ = Describe("certificate rotation with pods created throughout", Serial, fu
 		f.settled(30 * time.Second)
 		Expect(f.state().served.NotAfter).To(BeTemporally("~", notAfter, time.Second))
 
-		r := f.rotate(notAfter)
-		before, tally, after := r.before, r.tally, f.state()
-		report := r.String()
-		AddReportEntry("serving certificate rotation", report)
-		GinkgoWriter.Println(report)
-		Expect(tally.failed.Load()).To(BeZero(), report)
-		Expect(tally.uninjected.Load()).To(BeZero(), report)
-		Expect(tally.total.Load()).To(BeNumerically(">=", 20), report)
+		before, after := f.rotateUnderLoad(notAfter, "serving certificate rotation")
 
 		// Only the serving certificate is new: the same CA, the same
 		// caBundle, a certificate valid for a year served.
@@ -438,14 +447,7 @@ var _ = Describe("certificate rotation with pods created throughout", Serial, fu
 		f.settled(30 * time.Second)
 		Expect(f.state().served.NotAfter).To(BeTemporally("~", notAfter, time.Second))
 
-		r := f.rotate(notAfter)
-		before, tally, after := r.before, r.tally, f.state()
-		report := r.String()
-		AddReportEntry("CA rotation", report)
-		GinkgoWriter.Println(report)
-		Expect(tally.failed.Load()).To(BeZero(), report)
-		Expect(tally.uninjected.Load()).To(BeZero(), report)
-		Expect(tally.total.Load()).To(BeNumerically(">=", 20), report)
+		before, after := f.rotateUnderLoad(notAfter, "CA rotation")
 
 		// A new CA, valid for years, in the Secret and first in the
 		// caBundle, which keeps the CA it replaced for the handover.

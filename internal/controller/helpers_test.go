@@ -79,6 +79,14 @@ func deployment(ns, name string, sysctls []corev1.Sysctl) *appsv1.Deployment {
 		Spec:       appsv1.DeploymentSpec{Selector: selector(name), Template: makeTemplate(name, sysctls)},
 	}
 	create(d)
+	replicaSetOf(d, sysctls)
+	return d
+}
+
+// replicaSetOf creates the Deployment's ReplicaSet with one stale pod, as
+// the controller-manager would.
+func replicaSetOf(d *appsv1.Deployment, sysctls []corev1.Sysctl) {
+	ns, name := d.Namespace, d.Name
 	rs := &appsv1.ReplicaSet{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-1",
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(d, appsv1.SchemeGroupVersion.WithKind("Deployment"))}},
@@ -86,7 +94,6 @@ func deployment(ns, name string, sysctls []corev1.Sysctl) *appsv1.Deployment {
 	}
 	create(rs)
 	create(testobj.MakePod(ns, name+"-1-a").Labels(map[string]string{"app": name}).Owner(rs, "apps/v1", "ReplicaSet").Obj())
-	return d
 }
 
 func statefulSet(ns, name string, sysctls []corev1.Sysctl) *appsv1.StatefulSet {

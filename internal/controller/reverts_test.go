@@ -56,13 +56,7 @@ func gitOpsDeployment(ns, manager string, sysctls []corev1.Sysctl) *appsv1.Deplo
 	d := &appsv1.Deployment{}
 	Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, d)).To(Succeed())
 	DeferCleanup(func() { Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, d))).To(Succeed()) })
-	rs := &appsv1.ReplicaSet{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-1",
-			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(d, appsv1.SchemeGroupVersion.WithKind("Deployment"))}},
-		Spec: appsv1.ReplicaSetSpec{Selector: selector(name), Template: makeTemplate(name, sysctls)},
-	}
-	create(rs)
-	create(testobj.MakePod(ns, name+"-1-a").Labels(map[string]string{"app": name}).Owner(rs, "apps/v1", "ReplicaSet").Obj())
+	replicaSetOf(d, sysctls)
 	return d
 }
 
