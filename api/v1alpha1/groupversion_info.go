@@ -25,6 +25,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 	s.AddKnownTypes(GroupVersion,
 		&KeepalivePolicy{}, &KeepalivePolicyList{},
 		&ClusterKeepalivePolicy{}, &ClusterKeepalivePolicyList{},
+		&KeepaliveNodeReport{}, &KeepaliveNodeReportList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil

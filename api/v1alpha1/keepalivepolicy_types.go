@@ -245,7 +245,8 @@ type KeepalivePolicyStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// conditions are Ready, L7ProxyInPath and PodsBlocked.
+	// conditions are Ready, L7ProxyInPath, PodsBlocked and, where the
+	// audit runs, KeepaliveNotEnabled.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -267,6 +268,27 @@ type KeepalivePolicyStatus struct {
 	// workloads counts the workloads the policy rolls.
 	// +optional
 	Workloads *WorkloadCounts `json:"workloads,omitempty"`
+
+	// connections counts the established TCP connections of the selected
+	// pods by their keepalive, as the audit agents last read them; absent
+	// while no agent reports.
+	// +optional
+	Connections *ConnectionAudit `json:"connections,omitempty"`
+}
+
+// ConnectionAudit is what the audit agents report of the connections of a
+// policy's pods.
+type ConnectionAudit struct {
+	ConnectionCounts `json:",inline"`
+
+	// podsReported is the number of selected pods in fresh node reports.
+	// +optional
+	PodsReported int32 `json:"podsReported"`
+
+	// podsUnaudited is the number of selected running pods on nodes with no
+	// report or a stale one: nothing is known of their connections.
+	// +optional
+	PodsUnaudited int32 `json:"podsUnaudited"`
 }
 
 // KeepalivePolicy keeps idle TCP connections of the pods of its namespace

@@ -1,5 +1,6 @@
 // Command keepalive-operator runs the manager: the policy reconciler (leader
 // only), the pod admission webhook (every replica), metrics and health probes.
+// `keepalive-operator audit` runs the node agent of the connection audit.
 package main
 
 import (
@@ -38,7 +39,12 @@ import (
 )
 
 func main() {
-	if err := run(ctrl.SetupSignalHandler(), os.Args[1:]); err != nil {
+	run := run
+	args := os.Args[1:]
+	if len(args) > 0 && args[0] == "audit" {
+		run, args = runAudit, args[1:]
+	}
+	if err := run(ctrl.SetupSignalHandler(), args); err != nil {
 		fmt.Fprintln(os.Stderr, "keepalive-operator:", err)
 		os.Exit(1)
 	}

@@ -69,6 +69,7 @@ type policyReconciler[T policyObject] struct {
 	failures *failures
 	reverts  *reverts
 	tally    *tally
+	audits   *audits
 	indexes  *indexes
 
 	kind       string
@@ -79,6 +80,7 @@ type policyReconciler[T policyObject] struct {
 // +kubebuilder:rbac:groups=keepalive.io,resources=keepalivepolicies;clusterkeepalivepolicies,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=keepalive.io,resources=keepalivepolicies/status;clusterkeepalivepolicies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=keepalive.io,resources=keepalivepolicies/finalizers;clusterkeepalivepolicies/finalizers,verbs=update
+// +kubebuilder:rbac:groups=keepalive.io,resources=keepalivenodereports,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=pods;namespaces;nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets;replicasets,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=batch,resources=cronjobs,verbs=get;list;watch;update;patch
@@ -101,6 +103,7 @@ func (r *policyReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (
 		if apierrors.IsNotFound(err) {
 			ref := r.ref(req.Namespace, req.Name)
 			forgetPods(ref.String())
+			forgetConnections(ref.String())
 			r.policies.forget(ref)
 			return ctrl.Result{}, nil
 		}
@@ -195,12 +198,38 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) (ctrl.
 	}
 	setCondition(obj, blocked)
 
+	r.reportConnections(obj, pol, s)
+
 	ready := readyCondition(spec, s, w)
 	if old := meta.FindStatusCondition(status.Conditions, ConditionReady); old != nil && old.Reason == ReasonRolloutInProgress && ready.Reason != ReasonRolloutInProgress {
 		r.events.Eventf(obj, nil, corev1.EventTypeNormal, "RolloutCompleted", "Rollout", "%s", ready.Message)
 	}
 	setCondition(obj, ready)
 	return ctrl.Result{}, nil
+}
+
+// reportConnections sets status.connections and KeepaliveNotEnabled from
+// the audit's node reports, and removes both where no agent reports.
+func (r *policyReconciler[T]) reportConnections(obj T, pol keepalive.Policy, s podTally) {
+	status := obj.PolicyStatus()
+	a, state := r.audits.get(pol.Ref.String(), s.nodes)
+	switch state {
+	case auditUnsynced:
+		return // keep what the last pass said
+	case auditAbsent:
+		status.Connections = nil
+		meta.RemoveStatusCondition(&status.Conditions, ConditionKeepaliveNotEnabled)
+		forgetConnections(pol.Ref.String())
+		return
+	}
+	status.Connections = &a.status
+	recordConnections(pol.Ref.String(), a.status)
+	c := keepaliveNotEnabledCondition(a, pol.Result.Values.TimeSeconds)
+	if old := meta.FindStatusCondition(status.Conditions, ConditionKeepaliveNotEnabled); c.Status == metav1.ConditionTrue &&
+		(old == nil || old.Status != metav1.ConditionTrue) {
+		r.events.Eventf(obj, nil, corev1.EventTypeWarning, ReasonConnectionsLack, "Audit", "%s", c.Message)
+	}
+	setCondition(obj, c)
 }
 
 // reconcileDelete removes the finalizer once no template carries the

@@ -84,6 +84,10 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := mgr.Add(t); err != nil {
 		return err
 	}
+	au := newAudits(mgr.GetCache(), notify)
+	if err := mgr.Add(au); err != nil {
+		return err
+	}
 
 	w := &workloadReconciler{
 		client: c, live: mgr.GetAPIReader(), events: recorder, cluster: opts.Cluster,
@@ -106,12 +110,12 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 
 	kap := &policyReconciler[*v1alpha1.KeepalivePolicy]{
-		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, reverts: rv, tally: t, indexes: idx,
+		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, reverts: rv, tally: t, audits: au, indexes: idx,
 		kind: keepalive.KindKeepalivePolicy, namespaced: true,
 		newObj: func() *v1alpha1.KeepalivePolicy { return &v1alpha1.KeepalivePolicy{} },
 	}
 	ckap := &policyReconciler[*v1alpha1.ClusterKeepalivePolicy]{
-		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, reverts: rv, tally: t, indexes: idx,
+		client: c, events: recorder, cluster: opts.Cluster, policies: policies, slots: sl, failures: fl, reverts: rv, tally: t, audits: au, indexes: idx,
 		kind:   keepalive.KindClusterKeepalivePolicy,
 		newObj: func() *v1alpha1.ClusterKeepalivePolicy { return &v1alpha1.ClusterKeepalivePolicy{} },
 	}

@@ -17,6 +17,8 @@ const (
 	ConditionReady         = "Ready"
 	ConditionL7ProxyInPath = "L7ProxyInPath"
 	ConditionPodsBlocked   = "PodsBlocked"
+	// ConditionKeepaliveNotEnabled is set where the audit runs.
+	ConditionKeepaliveNotEnabled = "KeepaliveNotEnabled"
 
 	ReasonApplied           = "Applied"
 	ReasonInvalidSpec       = "InvalidSpec"
@@ -29,7 +31,14 @@ const (
 	ReasonNoL7Proxy         = "NoL7Proxy"
 	ReasonBlocked           = "PodsCannotTakeSysctls"
 	ReasonNoneBlocked       = "NoneBlocked"
+	ReasonConnectionsLack   = "ConnectionsWithoutKeepalive"
+	ReasonAuditIncomplete   = "AuditIncomplete"
+	ReasonKeepaliveEnabled  = "KeepaliveEnabled"
 )
+
+// applicationsDoc is where the README tells each language how to turn
+// keepalive on.
+const applicationsDoc = "https://github.com/keepalive-operator/keepalive-operator#your-application-must-turn-keepalive-on"
 
 // podTally is what a pass found among the pods a policy selects.
 type podTally struct {
@@ -40,13 +49,15 @@ type podTally struct {
 	// and old kubelets or kernels block, by namespace and node.
 	blockedNamespaces map[string]int32
 	blockedNodes      map[string]int32
+	// nodes counts the matched pods by node, for the audit's reports.
+	nodes map[string]int32
 	// unpatchable counts stale pods of Jobs, bare pods and pods of other
 	// controllers: they get the values only when created anew.
 	unpatchable int32
 }
 
 func newPodTally() podTally {
-	return podTally{blocked: map[keepalive.SkipReason]int32{}, blockedNamespaces: map[string]int32{}, blockedNodes: map[string]int32{}}
+	return podTally{blocked: map[keepalive.SkipReason]int32{}, blockedNamespaces: map[string]int32{}, blockedNodes: map[string]int32{}, nodes: map[string]int32{}}
 }
 
 // workloadTally is where the workloads of a policy stand.
@@ -155,3 +166,47 @@ func podsBlockedCondition(s podTally, oldNodes string) metav1.Condition {
 	}
 	return metav1.Condition{Type: ConditionPodsBlocked, Status: metav1.ConditionTrue, Reason: ReasonBlocked, Message: strings.Join(msgs, ". ")}
 }
+
+// keepaliveNotEnabledCondition says whether the selected pods' connections
+// use keepalive within the policy's time, as the audit agents read them.
+// Pods on nodes without a fresh report are never counted as fine.
+func keepaliveNotEnabledCondition(a connectionAudit, timeSeconds int32) metav1.Condition {
+	c := metav1.Condition{Type: ConditionKeepaliveNotEnabled}
+	n := a.status
+	var msgs []string
+	if lacking := n.NotArmed + n.ArmedLate; lacking > 0 {
+		c.Status, c.Reason = metav1.ConditionTrue, ReasonConnectionsLack
+		pods := make([]string, len(a.lacking))
+		for i, p := range a.lacking {
+			pods[i] = fmt.Sprintf("%s (%d not armed, %d armed late)", p.name, p.notArmed, p.armedLate)
+		}
+		msgs = append(msgs, fmt.Sprintf("%d of %d connections of %d reported pods lack keepalive within %d s: %d not armed "+
+			"(the application never turned SO_KEEPALIVE on), %d armed late (a per-socket idle time longer than the policy's, "+
+			"or a pod without its values); %s; see %s", lacking, total(n.ConnectionCounts), n.PodsReported, timeSeconds,
+			n.NotArmed, n.ArmedLate, strings.Join(pods, ", "), applicationsDoc))
+	}
+	if n.PodsUnaudited > 0 {
+		if c.Status == "" {
+			c.Status, c.Reason = metav1.ConditionUnknown, ReasonAuditIncomplete
+		}
+		nodes := slices.Sorted(maps.Keys(a.unaudited))
+		shown := make([]string, 0, maxLacking)
+		for _, node := range nodes[:min(len(nodes), maxLacking)] {
+			shown = append(shown, node+" ("+a.unaudited[node]+")")
+		}
+		if more := len(nodes) - len(shown); more > 0 {
+			shown = append(shown, fmt.Sprintf("%d more", more))
+		}
+		msgs = append(msgs, fmt.Sprintf("%d selected pods are on nodes without a fresh audit report, their connections unknown: %s",
+			n.PodsUnaudited, strings.Join(shown, ", ")))
+	}
+	if c.Status == "" {
+		c.Status, c.Reason = metav1.ConditionFalse, ReasonKeepaliveEnabled
+		msgs = append(msgs, fmt.Sprintf("all %d connections of %d reported pods are armed within %d s or unknown (%d)",
+			total(n.ConnectionCounts), n.PodsReported, timeSeconds, n.Unknown))
+	}
+	c.Message = strings.Join(msgs, ". ")
+	return c
+}
+
+func total(c v1alpha1.ConnectionCounts) int32 { return c.Armed + c.ArmedLate + c.NotArmed + c.Unknown }

@@ -156,6 +156,7 @@ func (t *tally) get(ref keepalive.Ref) (podTally, bool) {
 	out.blocked = maps.Clone(c.blocked)
 	out.blockedNamespaces = maps.Clone(c.blockedNamespaces)
 	out.blockedNodes = maps.Clone(c.blockedNodes)
+	out.nodes = maps.Clone(c.nodes)
 	return out, true
 }
 
@@ -271,6 +272,9 @@ func (t *tally) add(c contribution, node, namespace string, n int32) keepalive.R
 		t.counts[ref] = pt
 	}
 	pt.counts.Matched += n
+	if node != "" {
+		bump(pt.nodes, node, n)
+	}
 	switch o.state {
 	case keepalive.PodCompliant:
 		pt.counts.Compliant += n
