@@ -245,7 +245,14 @@ func (a *Agent) write(ctx context.Context, status *v1alpha1.KeepaliveNodeReportS
 	err := a.Reports.Get(ctx, client.ObjectKey{Name: a.Node}, &r)
 	switch {
 	case apierrors.IsNotFound(err):
-		r = v1alpha1.KeepaliveNodeReport{ObjectMeta: metav1.ObjectMeta{Name: a.Node}, Status: *status}
+		// Owned by the node, so that the garbage collector removes the
+		// report of a node that is gone.
+		var node corev1.Node
+		if err := a.Reports.Get(ctx, client.ObjectKey{Name: a.Node}, &node); err != nil {
+			return fmt.Errorf("get node %s: %w", a.Node, err)
+		}
+		owner := metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}
+		r = v1alpha1.KeepaliveNodeReport{ObjectMeta: metav1.ObjectMeta{Name: a.Node, OwnerReferences: []metav1.OwnerReference{owner}}, Status: *status}
 		if err := a.Client.Create(ctx, &r); err != nil {
 			return fmt.Errorf("create KeepaliveNodeReport %s: %w", a.Node, err)
 		}

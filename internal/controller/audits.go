@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -149,7 +149,7 @@ func (a *audits) set(o any, deleted bool) {
 	old := a.nodes[r.Name]
 	changed := map[string]bool{}
 	for ref, p := range old.policies {
-		if q := n.policies[ref]; q == nil || !equality.Semantic.DeepEqual(p, q) || !old.expires.Equal(n.expires) {
+		if q := n.policies[ref]; q == nil || !reflect.DeepEqual(p, q) || !old.expires.Equal(n.expires) {
 			changed[ref] = true
 		}
 		delete(a.byPolicy[ref], r.Name)
@@ -158,7 +158,7 @@ func (a *audits) set(o any, deleted bool) {
 		}
 	}
 	for ref, p := range n.policies {
-		if q := old.policies[ref]; q == nil || !equality.Semantic.DeepEqual(p, q) {
+		if q := old.policies[ref]; q == nil || !reflect.DeepEqual(p, q) {
 			changed[ref] = true
 		}
 		if a.byPolicy[ref] == nil {

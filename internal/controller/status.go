@@ -202,8 +202,8 @@ func keepaliveNotEnabledCondition(a connectionAudit, timeSeconds int32) metav1.C
 	}
 	if c.Status == "" {
 		c.Status, c.Reason = metav1.ConditionFalse, ReasonKeepaliveEnabled
-		msgs = append(msgs, fmt.Sprintf("all %d connections of %d reported pods are armed within %d s or unknown (%d)",
-			total(n.ConnectionCounts), n.PodsReported, timeSeconds, n.Unknown))
+		msgs = append(msgs, fmt.Sprintf("no connection lacks keepalive: %d armed within %d s, %d unknown, in %d reported pods",
+			n.Armed, timeSeconds, n.Unknown, n.PodsReported))
 	}
 	c.Message = strings.Join(msgs, ". ")
 	return c

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -111,5 +112,62 @@ func TestPodsBlockedCondition(t *testing.T) {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestKeepaliveNotEnabledCondition(t *testing.T) {
+	counts := func(armed, late, notArmed, unknown int32) v1alpha1.ConnectionCounts {
+		return v1alpha1.ConnectionCounts{Armed: armed, ArmedLate: late, NotArmed: notArmed, Unknown: unknown}
+	}
+	cases := map[string]struct {
+		a    connectionAudit
+		want metav1.Condition
+	}{
+		"every connection armed": {connectionAudit{status: v1alpha1.ConnectionAudit{ConnectionCounts: counts(12, 0, 0, 1), PodsReported: 4}},
+			metav1.Condition{Type: ConditionKeepaliveNotEnabled, Status: metav1.ConditionFalse, Reason: ReasonKeepaliveEnabled,
+				Message: "no connection lacks keepalive: 12 armed within 175 s, 1 unknown, in 4 reported pods"}},
+		"no connection at all": {connectionAudit{status: v1alpha1.ConnectionAudit{PodsReported: 2}},
+			metav1.Condition{Type: ConditionKeepaliveNotEnabled, Status: metav1.ConditionFalse, Reason: ReasonKeepaliveEnabled,
+				Message: "no connection lacks keepalive: 0 armed within 175 s, 0 unknown, in 2 reported pods"}},
+		"connections lacking keepalive": {connectionAudit{
+			status:  v1alpha1.ConnectionAudit{ConnectionCounts: counts(5, 2, 3, 0), PodsReported: 3},
+			lacking: []lackingPod{{"shop/pool-1", 3, 0}, {"shop/pool-2", 0, 2}},
+		}, metav1.Condition{Type: ConditionKeepaliveNotEnabled, Status: metav1.ConditionTrue, Reason: ReasonConnectionsLack,
+			Message: "5 of 10 connections of 3 reported pods lack keepalive within 175 s: 3 not armed (the application never turned SO_KEEPALIVE on), " +
+				"2 armed late (a per-socket idle time longer than the policy's, or a pod without its values); shop/pool-1 (3 not armed, 0 armed late), " +
+				"shop/pool-2 (0 not armed, 2 armed late); see " + applicationsDoc}},
+		"nodes without a fresh report, nothing lacking": {connectionAudit{
+			status:    v1alpha1.ConnectionAudit{ConnectionCounts: counts(4, 0, 0, 0), PodsReported: 2, PodsUnaudited: 9},
+			unaudited: map[string]string{"n-7": "stale", "n-1": "no report", "n-2": "no report", "n-3": "no report", "n-4": "no report", "n-5": "no report"},
+		}, metav1.Condition{Type: ConditionKeepaliveNotEnabled, Status: metav1.ConditionUnknown, Reason: ReasonAuditIncomplete,
+			Message: "9 selected pods are on nodes without a fresh audit report, their connections unknown: n-1 (no report), n-2 (no report), " +
+				"n-3 (no report), n-4 (no report), n-5 (no report), 1 more"}},
+		"lacking and unaudited": {connectionAudit{
+			status:    v1alpha1.ConnectionAudit{ConnectionCounts: counts(0, 0, 1, 0), PodsReported: 1, PodsUnaudited: 1},
+			lacking:   []lackingPod{{"shop/pool-1", 1, 0}},
+			unaudited: map[string]string{"n-7": "stale"},
+		}, metav1.Condition{Type: ConditionKeepaliveNotEnabled, Status: metav1.ConditionTrue, Reason: ReasonConnectionsLack,
+			Message: "1 of 1 connections of 1 reported pods lack keepalive within 175 s: 1 not armed (the application never turned SO_KEEPALIVE on), " +
+				"0 armed late (a per-socket idle time longer than the policy's, or a pod without its values); shop/pool-1 (1 not armed, 0 armed late); see " +
+				applicationsDoc + ". 1 selected pods are on nodes without a fresh audit report, their connections unknown: n-7 (stale)"}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, keepaliveNotEnabledCondition(tc.a, 175)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestMostLacking(t *testing.T) {
+	var pods []lackingPod
+	for i, n := range []int32{1, 7, 3, 7, 2, 9, 1} {
+		pods = append(pods, lackingPod{name: fmt.Sprintf("ns/p%d", i), notArmed: n})
+	}
+	got := mostLacking(pods)
+	want := []lackingPod{{"ns/p5", 9, 0}, {"ns/p1", 7, 0}, {"ns/p3", 7, 0}, {"ns/p2", 3, 0}, {"ns/p4", 2, 0}}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(lackingPod{})); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
