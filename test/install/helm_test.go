@@ -171,6 +171,7 @@ var _ = Describe("helm install into a real API server", Ordered, func() {
 		for _, obj := range []client.Object{
 			&apiextensionsv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: "keepalivepolicies.keepalive.io"}},
 			&apiextensionsv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: "clusterkeepalivepolicies.keepalive.io"}},
+			&apiextensionsv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: "keepalivenodereports.keepalive.io"}},
 			&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ka-keepalive-operator"}},
 			&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ka-keepalive-operator-webhook"}},
 			&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ka-keepalive-operator-webhook-tls"}},

@@ -39,14 +39,20 @@ func serviceAccountKubeconfig(i install) (path, token string) {
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: i.ns, Name: i.serviceAccount}}
 	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}}
 	Expect(env.Client.SubResource("token").Create(ctx, sa, req)).To(Succeed())
+	return tokenKubeconfig(req.Status.Token), req.Status.Token
+}
+
+// tokenKubeconfig writes a kubeconfig that authenticates with token and
+// returns its path.
+func tokenKubeconfig(token string) string {
 	kc := clientcmdapi.NewConfig()
 	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: env.Config.Host, CertificateAuthorityData: env.Config.CAData}
-	kc.AuthInfos["operator"] = &clientcmdapi.AuthInfo{Token: req.Status.Token}
+	kc.AuthInfos["operator"] = &clientcmdapi.AuthInfo{Token: token}
 	kc.Contexts["operator"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "operator"}
 	kc.CurrentContext = "operator"
-	path = filepath.Join(GinkgoT().TempDir(), "kubeconfig")
+	path := filepath.Join(GinkgoT().TempDir(), "kubeconfig")
 	Expect(clientcmd.WriteToFile(*kc, path)).To(Succeed())
-	return path, req.Status.Token
+	return path
 }
 
 func freeAddr() string {
