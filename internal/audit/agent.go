@@ -63,7 +63,7 @@ type Agent struct {
 	lastSuccess atomic.Int64
 }
 
-// NeedLeaderElection: every node's agent runs.
+// NeedLeaderElection is false: every node's agent runs.
 func (*Agent) NeedLeaderElection() bool { return false }
 
 // Start audits at once, then every Interval.

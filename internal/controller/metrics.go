@@ -2,10 +2,10 @@ package controller
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
 
 var (

@@ -74,7 +74,7 @@ func TestParseProcNetTCP(t *testing.T) {
 }
 
 func TestConnections(t *testing.T) {
-	ep := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+	ep := netip.MustParseAddrPort
 	armed := Socket{Local: ep("10.0.0.7:40000"), Remote: ep("203.0.113.2:5432"), State: 1, Timer: TimerKeepalive, TimerTicks: 3000, Inode: 1}
 	off := Socket{Local: ep("10.0.0.7:40001"), Remote: ep("203.0.113.2:5432"), State: 1, Inode: 2}
 	loopback := Socket{Local: ep("127.0.0.1:40002"), Remote: ep("127.0.0.1:15001"), State: 1, Inode: 3}
