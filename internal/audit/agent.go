@@ -114,29 +114,26 @@ func (a *Agent) Pass(ctx context.Context) error {
 }
 
 // read audits every running pod of the node that a policy selects. Its
-// AuditTime is left zero.
+// AuditTime is left zero. The lists are the cache's own objects: read only.
 func (a *Agent) read(ctx context.Context) (*v1alpha1.KeepaliveNodeReportStatus, error) {
 	namespaced, clusterWide, err := a.policies(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var pods corev1.PodList
-	if err := a.Client.List(ctx, &pods); err != nil {
+	if err := a.Client.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list the node's pods: %w", err)
 	}
 	var nsList metav1.PartialObjectMetadataList
 	nsList.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NamespaceList"))
-	if err := a.Client.List(ctx, &nsList); err != nil {
+	if err := a.Client.List(ctx, &nsList, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list namespaces: %w", err)
 	}
 	nsLabels := make(map[string]map[string]string, len(nsList.Items))
 	for _, ns := range nsList.Items {
 		nsLabels[ns.Name] = ns.Labels
 	}
-	procs, err := PodProcesses(a.Proc)
-	if err != nil {
-		return nil, err
-	}
+	var procs map[string]int // read once a pod needs it
 	status := &v1alpha1.KeepaliveNodeReportStatus{
 		IntervalSeconds: int32(a.Interval / time.Second),
 		ValidSeconds:    int32((renewEvery + 2) * a.Interval / time.Second),
@@ -156,6 +153,11 @@ func (a *Agent) read(ctx context.Context) (*v1alpha1.KeepaliveNodeReportStatus, 
 		entry := v1alpha1.PodConnections{Namespace: pod.Namespace, Name: pod.Name}
 		if entry.Policies = keepalive.AuditPod(t, nil, namespaced, clusterWide); len(entry.Policies) == 0 {
 			continue
+		}
+		if procs == nil {
+			if procs, err = PodProcesses(a.Proc); err != nil {
+				return nil, err
+			}
 		}
 		conns, err := a.connections(string(pod.UID), procs, seen)
 		if err != nil {
@@ -199,7 +201,7 @@ func (a *Agent) connections(uid string, procs map[string]int, seen map[string]ma
 // left out, as the operator leaves it out.
 func (a *Agent) policies(ctx context.Context) (namespaced, clusterWide []keepalive.Policy, err error) {
 	var kaps v1alpha1.KeepalivePolicyList
-	if err := a.Client.List(ctx, &kaps); err != nil {
+	if err := a.Client.List(ctx, &kaps, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, nil, fmt.Errorf("list KeepalivePolicies: %w", err)
 	}
 	for i := range kaps.Items {
@@ -211,7 +213,7 @@ func (a *Agent) policies(ctx context.Context) (namespaced, clusterWide []keepali
 		}
 	}
 	var ckaps v1alpha1.ClusterKeepalivePolicyList
-	if err := a.Client.List(ctx, &ckaps); err != nil {
+	if err := a.Client.List(ctx, &ckaps, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, nil, fmt.Errorf("list ClusterKeepalivePolicies: %w", err)
 	}
 	for i := range ckaps.Items {

@@ -148,8 +148,10 @@ func (a *audits) set(o any, deleted bool) {
 	a.mu.Lock()
 	old := a.nodes[r.Name]
 	changed := map[string]bool{}
+	// A renewal of the same report changes nothing, unless the report had
+	// turned stale.
 	for ref, p := range old.policies {
-		if q := n.policies[ref]; q == nil || !reflect.DeepEqual(p, q) || !old.expires.Equal(n.expires) {
+		if q := n.policies[ref]; q == nil || !reflect.DeepEqual(p, q) || old.staleTold {
 			changed[ref] = true
 		}
 		delete(a.byPolicy[ref], r.Name)
