@@ -66,10 +66,13 @@ SYSCTL_FUZZTIME ?= 10s
 # The commands of the network lab (test/netlab), whose middlebox the e2e suite
 # uses too; hack/need-packages.sh installs their Debian packages as root.
 LAB_COMMANDS = ip ss sysctl nft conntrack
+# What the lab's audit scenarios run besides: a client of each language and
+# a PostgreSQL server.
+AUDIT_COMMANDS = gcc python3 node java javac psql postgres initdb
 
 .PHONY: test
 test: manifests generate fmt vet $(HELM) ## Run all tests (envtest suites against a real kube-apiserver and etcd), then fuzz admission; as root the network lab too.
-	@hack/need-packages.sh --if-root "make test" $(LAB_COMMANDS)
+	@hack/need-packages.sh --if-root "make test" $(LAB_COMMANDS) $(AUDIT_COMMANDS)
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" HELM="$(HELM)" go test ./... -coverprofile cover.out
 	go test ./internal/webhook/ -run '^$$' -fuzz '^FuzzAdmission$$' -fuzztime $(FUZZTIME)
 	go test ./test/netlab/ -run '^$$' -fuzz '^FuzzReadSysctl$$' -fuzztime $(SYSCTL_FUZZTIME)
@@ -96,7 +99,7 @@ e2e-needs:
 
 .PHONY: prove
 prove: ## Prove on real Linux TCP (network namespaces, as root) that the values keep idle flows alive and the defaults do not.
-	@hack/need-packages.sh --root "make prove" $(LAB_COMMANDS)
+	@hack/need-packages.sh --root "make prove" $(LAB_COMMANDS) $(AUDIT_COMMANDS)
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" KEEPALIVE_LAB_REQUIRED=1 go test ./test/netlab/ -count=1 -v 2>&1 | \
 		grep -vE '^=== (RUN|PAUSE|CONT|NAME)'
 

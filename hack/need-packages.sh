@@ -4,7 +4,11 @@
 #   hack/need-packages.sh [--root | --if-root] WHAT COMMAND...
 #
 # WHAT names the caller in messages ("make prove"); COMMAND is one of ip, ss
-# (iproute2), sysctl (procps), nft (nftables), conntrack (conntrack). As root
+# (iproute2), sysctl (procps), nft (nftables), conntrack (conntrack), and for
+# the lab's audit clients gcc (gcc), python3 (python3), node (nodejs), java
+# and javac (default-jdk-headless), psql (postgresql-client), postgres and
+# initdb (postgresql, which keeps them in /usr/lib/postgresql/<version>/bin,
+# off PATH). As root
 # it installs the Debian packages of the missing commands with apt-get; when
 # nothing is missing it does nothing. Not root, it fails, naming what is
 # missing and how to install it; with --root the caller needs root anyway and
@@ -27,12 +31,21 @@ package() {
     sysctl) echo procps ;;
     nft) echo nftables ;;
     conntrack) echo conntrack ;;
+    gcc) echo gcc ;;
+    python3) echo python3 ;;
+    node) echo nodejs ;;
+    java | javac) echo default-jdk-headless ;;
+    psql) echo postgresql-client ;;
+    postgres | initdb) echo postgresql ;;
     *) say "no Debian package known for the command $1"; exit 2 ;;
   esac
 }
 
-# installed CMD: on PATH, or in the sbin folders a user's PATH often lacks.
-installed() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+# installed CMD: on PATH, in the sbin folders a user's PATH often lacks, or
+# in the folder of a PostgreSQL version's server programs.
+installed() {
+  command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] || compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null
+}
 
 missing=() packages=()
 for cmd in "$@"; do

@@ -55,6 +55,7 @@ func TestMain(m *testing.M) {
 		}
 		_ = tw.Flush()
 	}
+	printAuditReport()
 	os.Exit(code)
 }
 
