@@ -159,7 +159,7 @@ func replicaSets(d *appsv1.Deployment) []appsv1.ReplicaSet {
 // operatorRestarts sums the container restarts of the operator's pods.
 func operatorRestarts() int32 {
 	pods := &corev1.PodList{}
-	Expect(k8s.List(ctx, pods, client.InNamespace(operatorNamespace))).To(Succeed())
+	Expect(k8s.List(ctx, pods, client.InNamespace(operatorNamespace), operatorPodLabels)).To(Succeed())
 	var n int32
 	for _, p := range pods.Items {
 		for _, c := range p.Status.ContainerStatuses {

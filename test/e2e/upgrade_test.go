@@ -39,6 +39,14 @@ func chartValues(tag string) []string {
 	}
 }
 
+// currentChartValues are those of the working tree's chart: its image and
+// the audit agent, which the previous release's chart has no values for
+// (its schema refuses them).
+func currentChartValues() []string {
+	return append(chartValues("e2e"),
+		"--set", "audit.enabled=true", "--set", "audit.interval="+auditInterval.String())
+}
+
 func chartPath() string { return filepath.Join(testenv.Root(), "charts", "keepalive-operator") }
 
 func helm(args ...string) {
@@ -92,7 +100,7 @@ var _ = Describe("helm upgrade from the previous release", Ordered, func() {
 		out, err := kubectl("apply", "--server-side", "--force-conflicts", "-f", filepath.Join(chartPath(), "crds"))
 		Expect(err).NotTo(HaveOccurred(), out)
 		helm(append([]string{"upgrade", "--install", release, chartPath(), "--namespace", operatorNamespace, "--wait", "--timeout", "5m"},
-			chartValues("e2e")...)...)
+			currentChartValues()...)...)
 	})
 
 	It("keeps the policies, their status and the workload records, rolls no workload and admits every pod with its values", func() {
@@ -149,7 +157,7 @@ var _ = Describe("helm upgrade from the previous release", Ordered, func() {
 		out, err := kubectl("apply", "--server-side", "--force-conflicts", "-f", filepath.Join(chartPath(), "crds"))
 		Expect(err).NotTo(HaveOccurred(), out)
 		helm(append([]string{"upgrade", release, chartPath(), "--namespace", operatorNamespace, "--wait", "--timeout", "5m"},
-			chartValues("e2e")...)...)
+			currentChartValues()...)...)
 		upgraded = true
 		AddReportEntry("CRDs applied and helm upgrade --wait", time.Since(start).Round(100*time.Millisecond).String())
 
@@ -158,7 +166,7 @@ var _ = Describe("helm upgrade from the previous release", Ordered, func() {
 		Eventually(newPods).Should(HaveLen(2))
 		Eventually(func(g Gomega) {
 			pods := &corev1.PodList{}
-			g.Expect(k8s.List(ctx, pods, client.InNamespace(operatorNamespace))).To(Succeed())
+			g.Expect(k8s.List(ctx, pods, client.InNamespace(operatorNamespace), operatorPodLabels)).To(Succeed())
 			g.Expect(pods.Items).To(HaveLen(2), "pods of the previous release remain")
 			g.Expect(newPods()).To(ContainElement(leaderPod()))
 		}).Should(Succeed())
@@ -303,11 +311,11 @@ func snapshot(policies []client.Object, deployments []*appsv1.Deployment) cluste
 }
 
 // operatorPodsOf returns a function listing the operator pods that run image
-// and are not being deleted.
+// and are not being deleted; the audit agent runs the same image.
 func operatorPodsOf(image string) func() []string {
 	return func() []string {
 		pods := &corev1.PodList{}
-		if err := k8s.List(ctx, pods, client.InNamespace(operatorNamespace)); err != nil {
+		if err := k8s.List(ctx, pods, client.InNamespace(operatorNamespace), operatorPodLabels); err != nil {
 			return nil
 		}
 		var names []string
