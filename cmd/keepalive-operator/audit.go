@@ -19,26 +19,22 @@ import (
 )
 
 type auditOptions struct {
-	kubeconfig string
-	node       string
-	proc       string
-	interval   time.Duration
-	probeAddr  string
-	qps        float64
-	burst      int
-	zap        zap.Options
+	clientFlags
+	node      string
+	proc      string
+	interval  time.Duration
+	probeAddr string
+	zap       zap.Options
 }
 
 func parseAuditFlags(args []string) (auditOptions, error) {
 	var o auditOptions
 	fs := flag.NewFlagSet("keepalive-operator audit", flag.ContinueOnError)
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Only required out of cluster; KUBECONFIG and in-cluster config are used otherwise.")
+	o.bind(fs, "agent")
 	fs.StringVar(&o.node, "node-name", os.Getenv("NODE_NAME"), "The node whose pods the agent audits and whose KeepaliveNodeReport it writes (default: NODE_NAME).")
 	fs.StringVar(&o.proc, "proc", "/proc", "The host's /proc: the agent needs hostPID to see the pods' processes.")
 	fs.DurationVar(&o.interval, "interval", time.Minute, "How often the agent reads the sockets; the report is written when it changed, and every 10 intervals otherwise.")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8082", "Address the /healthz and /readyz endpoints bind to; /healthz fails after three intervals without a successful audit.")
-	fs.Float64Var(&o.qps, "kube-api-qps", 0, "Requests per second the agent may send to the API server; 0 is no limit of its own.")
-	fs.IntVar(&o.burst, "kube-api-burst", 0, "With --kube-api-qps: requests the agent may send at once above it; 0 is twice --kube-api-qps.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -48,6 +44,9 @@ func parseAuditFlags(args []string) (auditOptions, error) {
 	}
 	if o.node == "" {
 		return o, errors.New("--node-name (or NODE_NAME) is required: the agent writes only its own node's report")
+	}
+	if err := o.check(); err != nil {
+		return o, err
 	}
 	if o.interval < time.Second {
 		return o, fmt.Errorf("--interval must be at least 1s, is %s", o.interval)

@@ -50,8 +50,30 @@ func main() {
 	}
 }
 
+// clientFlags are the API client flags of the operator and of the audit
+// agent.
+type clientFlags struct {
+	kubeconfig string
+	qps        float64
+	burst      int
+}
+
+// bind defines the flags; who names the binary's role in their help.
+func (c *clientFlags) bind(fs *flag.FlagSet, who string) {
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Only required out of cluster; KUBECONFIG and in-cluster config are used otherwise.")
+	fs.Float64Var(&c.qps, "kube-api-qps", 0, "Requests per second the "+who+" may send to the API server; 0 is no limit of its own: the API server's priority and fairness queues them.")
+	fs.IntVar(&c.burst, "kube-api-burst", 0, "With --kube-api-qps: requests the "+who+" may send at once above it; 0 is twice --kube-api-qps.")
+}
+
+func (c clientFlags) check() error {
+	if c.qps < 0 || c.burst < 0 {
+		return fmt.Errorf("--kube-api-qps and --kube-api-burst must be 0 or more, are %g and %d", c.qps, c.burst)
+	}
+	return nil
+}
+
 type options struct {
-	kubeconfig       string
+	clientFlags
 	metricsAddr      string
 	metricsSecure    bool
 	metricsCertPath  string
@@ -70,8 +92,6 @@ type options struct {
 	excludedNS       string
 	namespaceSel     string
 	objectSel        string
-	qps              float64
-	burst            int
 	certRotation     bool
 	webhookSecret    string
 	webhookService   string
@@ -82,7 +102,7 @@ type options struct {
 func parseFlags(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("keepalive-operator", flag.ContinueOnError)
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Only required out of cluster; KUBECONFIG and in-cluster config are used otherwise.")
+	o.bind(fs, "operator")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "Address the metrics endpoint binds to; \"0\" disables it.")
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, allowing only clients authorized to get /metrics.")
 	fs.StringVar(&o.metricsCertPath, "metrics-cert-path", "", "Folder with tls.crt and tls.key for the metrics server; a self-signed certificate is generated when empty.")
@@ -105,8 +125,6 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.excludedNS, "excluded-namespaces", "", "Comma-separated namespaces left alone besides kube-system, kube-public, kube-node-lease and the operator's own: no injection, no template patch, their pods counted as skipped.")
 	fs.StringVar(&o.namespaceSel, "namespace-selector", "", "Label selector (kubectl syntax); namespaces it does not match are left alone like excluded ones. Keep it equal to the webhook's namespaceSelector.")
 	fs.StringVar(&o.objectSel, "object-selector", "", "Label selector (kubectl syntax); pods and pod templates it does not match are left alone. Keep it equal to the webhook's objectSelector.")
-	fs.Float64Var(&o.qps, "kube-api-qps", 0, "Requests per second the operator may send to the API server; 0 is no limit of its own: the API server's priority and fairness queues them.")
-	fs.IntVar(&o.burst, "kube-api-burst", 0, "With --kube-api-qps: requests the operator may send at once above it; 0 is twice --kube-api-qps.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -123,8 +141,8 @@ func parseFlags(args []string) (options, error) {
 	if o.progressDeadline <= 0 {
 		return o, fmt.Errorf("--rollout-progress-deadline must be positive, is %s", o.progressDeadline)
 	}
-	if o.qps < 0 || o.burst < 0 {
-		return o, fmt.Errorf("--kube-api-qps and --kube-api-burst must be 0 or more, are %g and %d", o.qps, o.burst)
+	if err := o.check(); err != nil {
+		return o, err
 	}
 	for _, ns := range splitList(o.excludedNS) {
 		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {

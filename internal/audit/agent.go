@@ -151,7 +151,7 @@ func (a *Agent) read(ctx context.Context) (*v1alpha1.KeepaliveNodeReportStatus, 
 		}
 		t := keepalive.Target{Namespace: pod.Namespace, Labels: pod.Labels, NamespaceLabels: labels}
 		entry := v1alpha1.PodConnections{Namespace: pod.Namespace, Name: pod.Name}
-		if entry.Policies = keepalive.AuditPod(t, nil, namespaced, clusterWide); len(entry.Policies) == 0 {
+		if _, selected := keepalive.Select(t, namespaced, clusterWide); !selected {
 			continue
 		}
 		if procs == nil {
