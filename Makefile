@@ -118,6 +118,17 @@ BENCH_SCALE_ARGS ?=
 bench-scale: ## Measure the reconciler on a real API server at 1,000 to 20,000 pods, both rollout limits, and print the ratios (BENCHMARKS.md).
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" go run ./hack/benchscale $(BENCH_SCALE_ARGS)
 
+# Flags of hack/benchadmission, for example BENCH_ADMISSION_ARGS="-rounds 5 -pods 400".
+BENCH_ADMISSION_ARGS ?=
+# Non-empty: Kyverno's admission controller too, built from its Go module the
+# first time (hack/setup-kyverno.sh, minutes) and cached outside the repository.
+BENCH_KYVERNO ?=
+
+.PHONY: bench-admission
+bench-admission: ## Measure what admission adds to pod creation on a real API server: none, a no-op webhook, the operator at 1 and 1,000 policies, a MutatingAdmissionPolicy, Kyverno with BENCH_KYVERNO=1 (BENCHMARKS.md).
+	assets="$$(hack/setup-envtest.sh)" && kyverno="$$( [ -z "$(BENCH_KYVERNO)" ] || hack/setup-kyverno.sh)" && \
+		KUBEBUILDER_ASSETS="$$assets" go run ./hack/benchadmission -kyverno "$$kyverno" $(BENCH_ADMISSION_ARGS)
+
 .PHONY: verify
 verify: manifests generate ## Fail when generated files, go.mod or formatting are out of date.
 	go mod tidy

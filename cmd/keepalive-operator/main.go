@@ -78,6 +78,7 @@ type options struct {
 	metricsSecure    bool
 	metricsCertPath  string
 	probeAddr        string
+	pprofAddr        string
 	leaderElect      bool
 	leaderElectionNS string
 	webhookCertPath  string
@@ -107,6 +108,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, allowing only clients authorized to get /metrics.")
 	fs.StringVar(&o.metricsCertPath, "metrics-cert-path", "", "Folder with tls.crt and tls.key for the metrics server; a self-signed certificate is generated when empty.")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz endpoints bind to.")
+	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "Address Go's profiles (/debug/pprof/) bind to, over plain HTTP with no authentication: bind it to localhost, for diagnosis only; \"0\" disables them.")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader to run the reconciler, so that several replicas can run; webhooks serve on every replica.")
 	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "Namespace of the leader election lease; the operator's own namespace when empty.")
 	fs.StringVar(&o.webhookCertPath, "webhook-cert-path", filepath.Join(os.TempDir(), "k8s-webhook-server", "serving-certs"), "Folder with tls.crt and tls.key for the webhook server; reloaded when they change. With --cert-rotation, mount the Secret --webhook-secret-name there.")
@@ -254,6 +256,7 @@ func run(ctx context.Context, args []string) error {
 		Cache:                   controller.CacheOptions(),
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
+		PprofBindAddress:        o.pprofAddr,
 		LeaderElection:          o.leaderElect,
 		LeaderElectionID:        "keepalive-operator.keepalive.io",
 		LeaderElectionNamespace: cmp.Or(o.leaderElectionNS, o.operatorNS),

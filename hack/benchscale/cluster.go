@@ -2,14 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"maps"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
-	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -199,34 +195,6 @@ func (l layout) matched() map[string]int32 {
 	return m
 }
 
-// parallel runs f for 0..n-1 on at most workers goroutines and returns the
-// first error; it stops handing out work after one.
-func parallel(ctx context.Context, n, workers int, f func(ctx context.Context, i int) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(n, workers) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := f(ctx, i); err != nil {
-					cancel(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return ctx.Err()
-}
-
 // populate creates the namespaces, the nodes and the workloads of a run.
 func (p *plane) populate(ctx context.Context, l layout) error {
 	for _, ns := range append([]string{operatorNamespace}, l.namespaces...) {
@@ -250,7 +218,7 @@ func (p *plane) populate(ctx context.Context, l layout) error {
 			return fmt.Errorf("write the status of node %s: %w", node.Name, err)
 		}
 	}
-	return parallel(ctx, len(l.deployments), workers, func(ctx context.Context, i int) error {
+	return testenv.Parallel(ctx, len(l.deployments), workers, func(ctx context.Context, i int) error {
 		return p.createWorkload(ctx, l.deployments[i], i)
 	})
 }
@@ -330,7 +298,7 @@ func (p *plane) createPod(ctx context.Context, rs *appsv1.ReplicaSet, name, node
 // createPolicies creates the policies, all at once.
 func (p *plane) createPolicies(ctx context.Context, l layout) error {
 	objs := l.policies()
-	return parallel(ctx, len(objs), workers, func(ctx context.Context, i int) error {
+	return testenv.Parallel(ctx, len(objs), workers, func(ctx context.Context, i int) error {
 		if err := p.c.Create(ctx, objs[i]); err != nil {
 			return fmt.Errorf("create policy %s: %w", client.ObjectKeyFromObject(objs[i]), err)
 		}
@@ -355,24 +323,4 @@ func (p *plane) addPod(ctx context.Context, d deployment, name string) error {
 		return fmt.Errorf("get ReplicaSet %s/%s: %w", d.namespace, d.replicaSet(), err)
 	}
 	return p.createPod(ctx, rs, name, nodeName(0))
-}
-
-// waitFor calls done every 100 ms until it returns true, an error, or the
-// timeout passes.
-func waitFor(ctx context.Context, timeout time.Duration, done func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		ok, err := done()
-		if err != nil || ok {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
 }

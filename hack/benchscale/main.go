@@ -35,6 +35,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
 )
 
 // logOut receives the progress of the run.
@@ -166,7 +167,7 @@ func run() error {
 		defer os.RemoveAll(b.tmp)
 	}
 	b.progress("building the operator")
-	if b.binary, err = buildOperator(b.root, b.tmp); err != nil {
+	if b.binary, err = testenv.BuildOperator(b.tmp); err != nil {
 		return err
 	}
 

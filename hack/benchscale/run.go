@@ -22,7 +22,7 @@ type window struct {
 // cpuPerEvent is in seconds, floored at what the clock can tell apart (one
 // tick over all the events), so that two idle windows compare as equal.
 func (w window) cpuPerEvent() float64 {
-	return max(w.cpu, 1.0/clockTicks) / float64(w.events)
+	return max(w.cpu, 1.0/testenv.ClockTicks) / float64(w.events)
 }
 
 // result is what one run measured.
@@ -89,7 +89,7 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 	if err := p.populate(ctx, l); err != nil {
 		return nil, err
 	}
-	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) { return w.rolledOut(ctx) }); err != nil {
+	if err := testenv.WaitFor(ctx, 2*time.Minute, func() (bool, error) { return w.rolledOut(ctx) }); err != nil {
 		return nil, fmt.Errorf("wait for the Deployments to report their first rollout: %w", err)
 	}
 	res.setup = time.Since(start)
@@ -120,8 +120,8 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 		return nil, err
 	}
 	told := t0
-	err = waitFor(ctx, b.timeout, func() (bool, error) {
-		if err := op.alive(); err != nil {
+	err = testenv.WaitFor(ctx, b.timeout, func() (bool, error) {
+		if err := op.Alive(); err != nil {
 			return false, err
 		}
 		left, err := w.remaining(ctx, l, matched)
@@ -186,7 +186,7 @@ func (b *bench) runOne(ctx context.Context, size, limit int) (res *result, err e
 		after := maps.Clone(matched)
 		after["/"+clusterPolicy] += int32(b.events)
 		after[d.namespace+"/"+namespacePolicy] += int32(b.events)
-		err := waitFor(ctx, 30*time.Second, func() (bool, error) {
+		err := testenv.WaitFor(ctx, 30*time.Second, func() (bool, error) {
 			left, err := w.remaining(ctx, l, after)
 			return left == "", err
 		})
@@ -264,7 +264,7 @@ func (b *bench) steady(ctx context.Context, op *operator, start time.Time, event
 	if err := sleep(ctx, time.Until(start.Add(b.window+b.tail))); err != nil {
 		return w, err
 	}
-	if err := op.alive(); err != nil {
+	if err := op.Alive(); err != nil {
 		return w, err
 	}
 	cpu1, err := op.cpu()

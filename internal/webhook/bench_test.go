@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"testing"
 
@@ -214,6 +215,94 @@ func BenchmarkAdmission(b *testing.B) {
 			serve()
 		}
 	})
+}
+
+// onePolicy is the ClusterKeepalivePolicy that governs the benchmark pod in
+// BenchmarkAdmissionPolicies: it selects the shop namespace by a label.
+var onePolicy = []byte(`{"kind":"ClusterKeepalivePolicy","metadata":{"name":"nlb-egress"},"spec":{"namespaceSelector":{"matchLabels":{"egress":"nlb"}},"idleTimeouts":[{"preset":"aws-nlb"}]}}`)
+
+// shopLabels are the labels of the benchmark pod's namespace.
+var shopLabels = map[string]string{"kubernetes.io/metadata.name": "shop", "team": "shop", "egress": "nlb", "env": "prod"}
+
+// manyPolicies are onePolicy among 999 others that do not apply to the
+// benchmark pod: 500 KeepalivePolicies in other namespaces (ns-0 to ns-499)
+// and 499 ClusterKeepalivePolicies whose namespaceSelectors pick teams other
+// than shop's, every tenth by matchExpressions.
+func manyPolicies() [][]byte {
+	presets := keepalive.Presets()
+	policies := [][]byte{onePolicy}
+	for i := range 500 {
+		policies = append(policies, fmt.Appendf(nil,
+			`{"kind":"KeepalivePolicy","metadata":{"name":"orders","namespace":"ns-%d"},"spec":{"podSelector":{"matchLabels":{"app":"orders"}},"idleTimeouts":[{"preset":%q}]}}`,
+			i, presets[i%len(presets)]))
+	}
+	for i := range 499 {
+		sel := fmt.Sprintf(`{"matchLabels":{"team":"t-%d"}}`, i)
+		switch i % 10 {
+		case 3:
+			sel = fmt.Sprintf(`{"matchExpressions":[{"key":"team","operator":"In","values":["t-%d","t-%d"]},{"key":"env","operator":"NotIn","values":["dev"]}]}`, i, i+1)
+		case 7:
+			sel = fmt.Sprintf(`{"matchLabels":{"env":"prod"},"matchExpressions":[{"key":"cost-center","operator":"Exists"},{"key":"team","operator":"In","values":["t-%d"]}]}`, i)
+		}
+		policies = append(policies, fmt.Appendf(nil,
+			`{"kind":"ClusterKeepalivePolicy","metadata":{"name":"team-%d"},"spec":{"namespaceSelector":%s,"idleTimeouts":[{"preset":%q}]}}`,
+			i, sel, presets[i%len(presets)]))
+	}
+	return policies
+}
+
+// BenchmarkAdmissionPolicies measures how admission scales with the size of
+// the cluster: "one" admits the benchmark pod with the one policy that
+// governs it and its namespace in the store; "thousand" admits it with that
+// policy among 1,000 and 10,000 namespaces in the store. The decision is the
+// same in both.
+func BenchmarkAdmissionPolicies(b *testing.B) {
+	body := benchBody(b)
+	cluster := keepalive.Cluster{Minor: 36}
+	one := newTestHandler(b, cluster, "shop", shopLabels, onePolicy)
+	policies := manyPolicies()
+	thousand := newTestHandler(b, cluster, "shop", shopLabels, policies...)
+	envs := []string{"prod", "staging", "dev"}
+	for i := range 10_000 {
+		name := fmt.Sprintf("ns-%d", i)
+		labels := map[string]string{"kubernetes.io/metadata.name": name, "team": fmt.Sprintf("t-%d", i%500), "env": envs[i%len(envs)]}
+		if i%4 == 0 {
+			labels["cost-center"] = fmt.Sprintf("cc-%d", i%37)
+		}
+		thousand.Store.SetNamespace(name, labels)
+	}
+	s := thousand.Store
+	s.mu.RLock()
+	nPolicies, nNamespaces, nShop := len(s.cluster), len(s.namespaces), len(s.namespaced["shop"])
+	for _, list := range s.namespaced {
+		nPolicies += len(list)
+	}
+	s.mu.RUnlock()
+	if nPolicies != 1000 || nNamespaces != 10_001 || nShop != 0 {
+		b.Fatalf("store holds %d policies (%d in shop) and %d namespaces, want 1000 (0) and 10001", nPolicies, nShop, nNamespaces)
+	}
+
+	want := serve(b, one, body).Patch
+	if want == nil || !bytes.Contains(want, []byte(`"ClusterKeepalivePolicy/nlb-egress"`)) {
+		b.Fatalf("one: the pod was not injected by ClusterKeepalivePolicy/nlb-egress: patch %s", want)
+	}
+	if got := serve(b, thousand, body).Patch; !bytes.Equal(got, want) {
+		b.Fatalf("thousand decides otherwise than one:\n got %s\nwant %s", got, want)
+	}
+
+	for _, bm := range []struct {
+		name string
+		h    *Handler
+	}{{"one", one}, {"thousand", thousand}} {
+		b.Run(bm.name, func(b *testing.B) {
+			serve := serveLoop(bm.h, body)
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				serve()
+			}
+		})
+	}
 }
 
 // TestAdmissionAllocations holds the handler to its allocation budget on the

@@ -21,7 +21,9 @@ import (
 // Store holds what admission reads for every pod, kept current by informer
 // events: the policies, parsed and computed once per change, indexed by
 // namespace, and the labels of each namespace. A lookup costs in proportion
-// to the policies of one namespace plus the cluster policies.
+// to the policies of one namespace plus the cluster policies that select it:
+// which ones do is worked out once per namespace after it or a cluster policy
+// changes, not for every pod.
 //
 // Slices handed out are never changed afterwards: a change builds a new one.
 type Store struct {
@@ -31,6 +33,10 @@ type Store struct {
 	namespaced map[string][]keepalive.Policy // by namespace
 	cluster    []keepalive.Policy
 	namespaces map[string]map[string]string // labels by name
+	// clusterFor holds, by namespace, the cluster policies whose
+	// namespaceSelector selects it; an entry goes when its namespace
+	// changes, all go when a cluster policy does.
+	clusterFor map[string][]keepalive.Policy
 
 	oldNodes   map[string]keepalive.Node
 	oldList    []keepalive.Node // oldNodes by name
@@ -45,6 +51,7 @@ func NewStore(log logr.Logger) *Store {
 		log:        log,
 		namespaced: map[string][]keepalive.Policy{},
 		namespaces: map[string]map[string]string{},
+		clusterFor: map[string][]keepalive.Policy{},
 		oldNodes:   map[string]keepalive.Node{},
 	}
 }
@@ -66,12 +73,45 @@ func (s *Store) OnOldNodes(f func()) {
 }
 
 // Lookup returns the labels of a namespace (known reports whether the store
-// has seen it) and the policies that may apply to its pods.
+// has seen it) and the policies that may apply to its pods: its own, and the
+// cluster policies that select it (all of them when the store has not seen
+// the namespace).
 func (s *Store) Lookup(namespace string) (labels map[string]string, known bool, namespaced, cluster []keepalive.Policy) {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	labels, known = s.namespaces[namespace]
-	return labels, known, s.namespaced[namespace], s.cluster
+	namespaced = s.namespaced[namespace]
+	cluster, cached := s.clusterFor[namespace]
+	if !known {
+		cluster = s.cluster
+	}
+	s.mu.RUnlock()
+	if known && !cached {
+		return s.selectCluster(namespace)
+	}
+	return labels, known, namespaced, cluster
+}
+
+// selectCluster is Lookup for a namespace whose cluster policies are not
+// worked out yet: it matches every cluster policy's namespaceSelector once
+// and keeps the result.
+func (s *Store) selectCluster(namespace string) (labels map[string]string, known bool, namespaced, cluster []keepalive.Policy) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	labels, known = s.namespaces[namespace]
+	namespaced = s.namespaced[namespace]
+	if !known {
+		return labels, known, namespaced, s.cluster
+	}
+	if cluster, cached := s.clusterFor[namespace]; cached {
+		return labels, known, namespaced, cluster
+	}
+	for i := range s.cluster {
+		if s.cluster[i].SelectsNamespace(namespace, labels) {
+			cluster = append(cluster, s.cluster[i])
+		}
+	}
+	s.clusterFor[namespace] = cluster
+	return labels, known, namespaced, cluster
 }
 
 // HasSynced reports whether the store has seen every object that existed
@@ -138,6 +178,7 @@ func (s *Store) apply(obj any, deleted bool) {
 		if deleted {
 			s.mu.Lock()
 			delete(s.namespaces, o.Name)
+			delete(s.clusterFor, o.Name)
 			s.mu.Unlock()
 		} else {
 			s.SetNamespace(o.Name, o.Labels)
@@ -168,6 +209,7 @@ func (s *Store) apply(obj any, deleted bool) {
 	switch {
 	case ref.Kind != keepalive.KindKeepalivePolicy:
 		s.cluster = next
+		clear(s.clusterFor)
 	case len(next) == 0:
 		delete(s.namespaced, ref.Namespace)
 	default:
@@ -183,6 +225,7 @@ func (s *Store) SetNamespace(name string, labels map[string]string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.namespaces[name] = labels
+	delete(s.clusterFor, name)
 }
 
 // setNode records whether a node is old. Most node events (status updates)

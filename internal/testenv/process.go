@@ -1,0 +1,247 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// ClockTicks is USER_HZ, the unit of the CPU times in /proc/<pid>/stat:
+// 100 on every Linux architecture Go builds for.
+const ClockTicks = 100
+
+// BuildOperator builds the operator's binary into dir and returns its path.
+func BuildOperator(dir string) (string, error) {
+	bin := filepath.Join(dir, "keepalive-operator")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/keepalive-operator")
+	cmd.Dir = Root()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/keepalive-operator: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// Process is a program a benchmark runs beside the control plane, its
+// output in a log file.
+type Process struct {
+	Name   string
+	Cmd    *exec.Cmd
+	Log    string
+	exited chan struct{}
+	err    error // why it exited, once exited is closed
+}
+
+// StartProcess starts cmd with its standard output and error in the file
+// log.
+func StartProcess(name, log string, cmd *exec.Cmd) (*Process, error) {
+	logFile, err := os.Create(log)
+	if err != nil {
+		return nil, fmt.Errorf("create the log of %s: %w", name, err)
+	}
+	p := &Process{Name: name, Cmd: cmd, Log: log, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		_ = logFile.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() {
+		if p.err = cmd.Wait(); p.err == nil {
+			p.err = errors.New("exit status 0")
+		}
+		_ = logFile.Close()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// PID is the process's ID.
+func (p *Process) PID() int { return p.Cmd.Process.Pid }
+
+// Alive returns an error once the process has exited.
+func (p *Process) Alive() error {
+	select {
+	case <-p.exited:
+		return fmt.Errorf("%s exited (its log is %s): %w", p.Name, p.Log, p.err)
+	default:
+		return nil
+	}
+}
+
+// Stop sends SIGTERM and waits for the process to exit, killing it after
+// grace.
+func (p *Process) Stop(grace time.Duration) error {
+	if p.Alive() != nil {
+		return nil
+	}
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stop %s: %w", p.Name, err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(grace):
+		_ = p.Cmd.Process.Kill()
+		<-p.exited
+		return fmt.Errorf("%s did not stop within %s of SIGTERM; killed", p.Name, grace)
+	}
+	return nil
+}
+
+// CPUSeconds returns the CPU seconds, user and system, of every thread of
+// process pid so far.
+func CPUSeconds(pid int) (float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read the CPU time of process %d: %w", pid, err)
+	}
+	// The command name, in parentheses, may hold spaces: count the fields
+	// after it. utime and stime are fields 14 and 15; state, field 3, is
+	// the first after the name.
+	s := string(raw)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat: %q", pid, s)
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+	}
+	return float64(utime+stime) / ClockTicks, nil
+}
+
+// Memory returns the resident set size of process pid and its peak so far,
+// in bytes.
+func Memory(pid int) (rss, peak int64, err error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("read the memory of process %d: %w", pid, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		key, value, ok := strings.Cut(sc.Text(), ":")
+		if !ok || (key != "VmRSS" && key != "VmHWM") {
+			continue
+		}
+		kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(value), " kB"), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("parse %s of /proc/%d/status: %w", key, pid, err)
+		}
+		if key == "VmRSS" {
+			rss = kib << 10
+		} else {
+			peak = kib << 10
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, 0, fmt.Errorf("read /proc/%d/status: %w", pid, err)
+	}
+	if rss == 0 || peak == 0 {
+		return 0, 0, fmt.Errorf("no VmRSS or VmHWM in /proc/%d/status", pid)
+	}
+	return rss, peak, nil
+}
+
+// WaitIdle waits, at most max, until process pid spent less than 20 ms of
+// CPU in each of two seconds in a row: it has read the initial lists of its
+// caches and handled their events, so that a measurement sees only what its
+// own events cause.
+func WaitIdle(ctx context.Context, pid int, max time.Duration) error {
+	deadline := time.Now().Add(max)
+	last, err := CPUSeconds(pid)
+	if err != nil {
+		return err
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for idle := 0; idle < 2; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("process %d was still busy after %s", pid, max)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		now, err := CPUSeconds(pid)
+		if err != nil {
+			return err
+		}
+		if now-last < 0.02 {
+			idle++
+		} else {
+			idle = 0
+		}
+		last = now
+	}
+	return nil
+}
+
+// FreeAddr returns a loopback address with a port nobody listens on.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// Parallel runs f for 0..n-1 on at most workers goroutines and returns the
+// first error; it stops handing out work after one.
+func Parallel(ctx context.Context, n, workers int, f func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(n, workers) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := f(ctx, i); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return ctx.Err()
+}
+
+// WaitFor calls done every 100 ms until it returns true, an error, or the
+// timeout passes.
+func WaitFor(ctx context.Context, timeout time.Duration, done func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ok, err := done()
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}

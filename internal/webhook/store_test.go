@@ -1,0 +1,83 @@
+package webhook
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
+)
+
+func clusterPolicy(name string, matchLabels map[string]v1alpha1.LabelValue) *v1alpha1.ClusterKeepalivePolicy {
+	p := &v1alpha1.ClusterKeepalivePolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       v1alpha1.ClusterKeepalivePolicySpec{KeepalivePolicySpec: v1alpha1.KeepalivePolicySpec{IdleTimeouts: []v1alpha1.Hop{{Preset: v1alpha1.PresetAWSNLB}}}},
+	}
+	if matchLabels != nil {
+		p.Spec.NamespaceSelector = &v1alpha1.LabelSelector{MatchLabels: matchLabels}
+	}
+	return p
+}
+
+// TestStoreClusterPoliciesFollowChanges checks that the cluster policies a
+// lookup returns for a namespace, which the store keeps between lookups,
+// follow every change of the namespace's labels and of the cluster policies.
+func TestStoreClusterPoliciesFollowChanges(t *testing.T) {
+	s := NewStore(logr.Discard())
+	names := func(ns string) (bool, []string) {
+		t.Helper()
+		_, known, _, cluster := s.Lookup(ns)
+		var out []string
+		for _, p := range cluster {
+			out = append(out, p.Ref.Name)
+		}
+		slices.Sort(out)
+		return known, out
+	}
+	check := func(step, ns string, wantKnown bool, want ...string) {
+		t.Helper()
+		known, got := names(ns)
+		if known != wantKnown || !slices.Equal(got, want) {
+			t.Errorf("%s: Lookup(%q) = known %v, cluster policies %v; want known %v, %v", step, ns, known, got, wantKnown, want)
+		}
+		// A second lookup answers from what the first kept.
+		if known2, got2 := names(ns); known2 != known || !slices.Equal(got2, got) {
+			t.Errorf("%s: second Lookup(%q) = %v %v, first %v %v", step, ns, known2, got2, known, got)
+		}
+	}
+
+	s.SetNamespace("shop", map[string]string{"egress": "nlb"})
+	s.apply(clusterPolicy("nlb", map[string]v1alpha1.LabelValue{"egress": "nlb"}), false)
+	s.apply(clusterPolicy("team-x", map[string]v1alpha1.LabelValue{"team": "x"}), false)
+	check("two policies, one selects", "shop", true, "nlb")
+
+	s.SetNamespace("shop", map[string]string{"team": "x"})
+	check("namespace relabelled", "shop", true, "team-x")
+
+	s.apply(clusterPolicy("everywhere", nil), false)
+	check("policy without selector added", "shop", true, "everywhere", "team-x")
+
+	s.apply(clusterPolicy("team-x", map[string]v1alpha1.LabelValue{"team": "y"}), false)
+	check("policy's selector changed", "shop", true, "everywhere")
+
+	s.apply(clusterPolicy("everywhere", nil), true)
+	check("policy deleted", "shop", true)
+
+	s.apply(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, true)
+	check("namespace deleted: every cluster policy, the handler reads the namespace", "shop", false, "nlb", "team-x")
+
+	// Namespaced policies are never among the cluster ones.
+	s.SetNamespace("shop", nil)
+	s.apply(&v1alpha1.KeepalivePolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "shop"},
+		Spec:       v1alpha1.KeepalivePolicySpec{IdleTimeouts: []v1alpha1.Hop{{Preset: v1alpha1.PresetAWSNLB}}},
+	}, false)
+	check("namespace back without labels", "shop", true)
+	if _, _, namespaced, _ := s.Lookup("shop"); len(namespaced) != 1 || namespaced[0].Ref.Kind != keepalive.KindKeepalivePolicy {
+		t.Errorf("namespaced policies of shop = %v, want the one KeepalivePolicy", namespaced)
+	}
+}
