@@ -24,8 +24,7 @@ import (
 // compiled to: with 500 ClusterKeepalivePolicies, listing them through the
 // client and looking each up by name cost 0.5 ms of CPU per pod.
 type policySet struct {
-	reader client.Reader
-	cache  cache.Cache // nil: read through reader
+	cache cache.Cache
 
 	storesMu sync.Mutex
 	stores   *policyStores
@@ -50,16 +49,15 @@ type compiled struct {
 	err        error
 }
 
-func newPolicySet(reader client.Reader, c cache.Cache) *policySet {
-	return &policySet{reader: reader, cache: c, compiled: map[keepalive.Ref]compiled{}, byObject: map[policyObject]compiled{}}
+func newPolicySet(c cache.Cache) *policySet {
+	return &policySet{cache: c, compiled: map[keepalive.Ref]compiled{}, byObject: map[policyObject]compiled{}}
 }
 
-// cacheStores returns the cache's stores of the policies, nil without a
-// cache.
+// cacheStores returns the cache's stores of the policies.
 func (s *policySet) cacheStores(ctx context.Context) (*policyStores, error) {
 	s.storesMu.Lock()
 	defer s.storesMu.Unlock()
-	if s.stores != nil || s.cache == nil {
+	if s.stores != nil {
 		return s.stores, nil
 	}
 	var st policyStores
@@ -87,9 +85,6 @@ func (s *policySet) inScope(ctx context.Context, namespace string) (namespaced, 
 	st, err := s.cacheStores(ctx)
 	if err != nil {
 		return nil, nil, err
-	}
-	if st == nil {
-		return s.listInScope(ctx, namespace)
 	}
 	kaps, err := st.kaps.ByIndex(toolscache.NamespaceIndex, namespace)
 	if err != nil {
@@ -149,29 +144,6 @@ func (s *policySet) prune(st *policyStores) {
 		}
 	}
 	s.misses = 0
-}
-
-// listInScope is inScope through the reader.
-func (s *policySet) listInScope(ctx context.Context, namespace string) (namespaced, cluster []keepalive.Policy, err error) {
-	var kaps v1alpha1.KeepalivePolicyList
-	if err := s.reader.List(ctx, &kaps, client.InNamespace(namespace), client.UnsafeDisableDeepCopy); err != nil {
-		return nil, nil, fmt.Errorf("list KeepalivePolicies: %w", err)
-	}
-	var ckaps v1alpha1.ClusterKeepalivePolicyList
-	if err := s.reader.List(ctx, &ckaps, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, nil, fmt.Errorf("list ClusterKeepalivePolicies: %w", err)
-	}
-	for i := range kaps.Items {
-		if p, ok := s.inForce(&kaps.Items[i]); ok {
-			namespaced = append(namespaced, p)
-		}
-	}
-	for i := range ckaps.Items {
-		if p, ok := s.inForce(&ckaps.Items[i]); ok {
-			cluster = append(cluster, p)
-		}
-	}
-	return namespaced, cluster, nil
 }
 
 // inForce compiles a policy that is not being deleted and whose spec

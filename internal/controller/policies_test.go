@@ -23,7 +23,7 @@ func TestPolicySetFromStores(t *testing.T) {
 		return toolscache.NewIndexer(toolscache.MetaNamespaceKeyFunc, toolscache.Indexers{toolscache.NamespaceIndex: toolscache.MetaNamespaceIndexFunc})
 	}
 	st := &policyStores{kaps: newStore(), ckaps: newStore()}
-	s := newPolicySet(nil, nil)
+	s := newPolicySet(nil)
 	s.stores = st
 
 	ckap := func(name string, seconds int32, gen int64) *v1alpha1.ClusterKeepalivePolicy {

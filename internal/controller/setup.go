@@ -61,7 +61,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	idx := &indexes{cache: mgr.GetCache()}
 	c := mgr.GetClient()
 	recorder := mgr.GetEventRecorder("keepalive-operator")
-	policies := newPolicySet(c, mgr.GetCache())
+	policies := newPolicySet(mgr.GetCache())
 	sl := newSlots(opts.MaxConcurrentRollouts, opts.ProgressDeadline)
 	fl := newFailures()
 	rv := newReverts()
