@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -330,38 +329,11 @@ func (b *bench) startOperator(ctx context.Context, p *plane, e webhookEndpoint, 
 	if err := p.env.OperatorKubeconfig(kubeconfig); err != nil {
 		return nil, fmt.Errorf("kubeconfig of %s: %w", testenv.OperatorUser, err)
 	}
-	probes, err := testenv.FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	op, err := testenv.StartProcess("the operator", filepath.Join(b.tmp, "operator.log"), exec.Command(binary,
-		"--kubeconfig", kubeconfig,
-		"--leader-elect=false",
-		"--metrics-bind-address=0",
-		"--health-probe-bind-address", probes,
+	return testenv.StartOperator(ctx, binary, kubeconfig, filepath.Join(b.tmp, "operator.log"), operatorNamespace,
 		"--webhook-port", e.port(),
 		"--webhook-cert-path", e.certDir,
-		"--operator-namespace", operatorNamespace,
 		"--pprof-bind-address", cmp.Or(pprof, "0"),
-	))
-	if err != nil {
-		return nil, err
-	}
-	err = testenv.WaitFor(ctx, 2*time.Minute, func() (bool, error) {
-		if err := op.Alive(); err != nil {
-			return false, err
-		}
-		resp, err := http.Get("http://" + probes + "/readyz")
-		if err != nil {
-			return false, nil
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
-	if err != nil {
-		return op, fmt.Errorf("the operator did not become ready (log: %s): %w", op.Log, err)
-	}
-	return op, nil
+	)
 }
 
 // startNoop runs the no-op webhook, this program in its other role.

@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -15,21 +13,14 @@ import (
 )
 
 // operator is the operator's process.
-type operator struct {
-	*testenv.Process
-	probes string
-}
+type operator struct{ *testenv.Process }
 
-// startOperator runs the binary as its own user, its log in dir. Its webhook
-// server serves a self-signed certificate that nobody calls: no webhook
-// configuration is installed.
-func startOperator(binary, kubeconfig, dir string, maxRollouts int) (*operator, error) {
+// startOperator runs the binary as its own user, its log in dir, and waits
+// until it is ready. Its webhook server serves a self-signed certificate
+// that nobody calls: no webhook configuration is installed.
+func startOperator(ctx context.Context, binary, kubeconfig, dir string, maxRollouts int) (*operator, error) {
 	certDir := filepath.Join(dir, "certs")
 	if err := writeCert(certDir); err != nil {
-		return nil, err
-	}
-	probes, err := testenv.FreeAddr()
-	if err != nil {
 		return nil, err
 	}
 	webhook, err := testenv.FreeAddr()
@@ -37,40 +28,15 @@ func startOperator(binary, kubeconfig, dir string, maxRollouts int) (*operator, 
 		return nil, err
 	}
 	_, port, _ := net.SplitHostPort(webhook)
-	p, err := testenv.StartProcess("the operator", filepath.Join(dir, "operator.log"), exec.Command(binary,
-		"--kubeconfig", kubeconfig,
-		"--leader-elect=false",
-		"--metrics-bind-address=0",
-		"--health-probe-bind-address", probes,
+	p, err := testenv.StartOperator(ctx, binary, kubeconfig, filepath.Join(dir, "operator.log"), operatorNamespace,
 		"--webhook-port", port,
 		"--webhook-cert-path", certDir,
-		"--operator-namespace", operatorNamespace,
 		"--max-concurrent-rollouts", strconv.Itoa(maxRollouts),
-	))
-	if err != nil {
+	)
+	if p == nil {
 		return nil, err
 	}
-	return &operator{Process: p, probes: probes}, nil
-}
-
-// waitReady waits until the operator's /readyz answers 200.
-func (o *operator) waitReady(ctx context.Context, timeout time.Duration) error {
-	url := "http://" + o.probes + "/readyz"
-	err := testenv.WaitFor(ctx, timeout, func() (bool, error) {
-		if err := o.Alive(); err != nil {
-			return false, err
-		}
-		resp, err := http.Get(url)
-		if err != nil {
-			return false, nil
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
-	if err != nil {
-		return fmt.Errorf("the operator did not become ready (log: %s): %w", o.Log, err)
-	}
-	return nil
+	return &operator{Process: p}, err
 }
 
 // stop stops the operator, killing it after 30 seconds.

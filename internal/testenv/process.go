@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +31,44 @@ func BuildOperator(dir string) (string, error) {
 		return "", fmt.Errorf("go build ./cmd/keepalive-operator: %w\n%s", err, out)
 	}
 	return bin, nil
+}
+
+// StartOperator runs the operator's binary out of cluster with kubeconfig,
+// its log in the file log, no leader election and no metrics, its probes on
+// a free port, and the flags extra; it returns once /readyz answers 200. On
+// an error after the start it returns the process too, for the caller to
+// stop.
+func StartOperator(ctx context.Context, binary, kubeconfig, log, namespace string, extra ...string) (*Process, error) {
+	probes, err := FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{
+		"--kubeconfig", kubeconfig,
+		"--leader-elect=false",
+		"--metrics-bind-address=0",
+		"--health-probe-bind-address", probes,
+		"--operator-namespace", namespace,
+	}, extra...)
+	op, err := StartProcess("the operator", log, exec.Command(binary, args...))
+	if err != nil {
+		return nil, err
+	}
+	err = WaitFor(ctx, 2*time.Minute, func() (bool, error) {
+		if err := op.Alive(); err != nil {
+			return false, err
+		}
+		resp, err := http.Get("http://" + probes + "/readyz")
+		if err != nil {
+			return false, nil
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		return op, fmt.Errorf("the operator did not become ready (log: %s): %w", op.Log, err)
+	}
+	return op, nil
 }
 
 // Process is a program a benchmark runs beside the control plane, its
