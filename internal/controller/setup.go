@@ -350,12 +350,8 @@ func (m *mapper) podToWorkload() handler.TypedEventHandler[client.Object, worklo
 
 // decide is the admission decision for a pod as it is now.
 func (m *mapper) decide(ctx context.Context, pod *cachedPod) (keepalive.Decision, bool) {
-	ns, ok := namespaceOf(ctx, m.client, pod.GetNamespace())
-	if !ok {
-		return keepalive.Decision{}, false
-	}
-	namespaced, cluster, err := m.policies.inScope(ctx, pod.GetNamespace())
-	if err != nil {
+	ns, namespaced, cluster, ok, err := m.policies.forNamespace(ctx, pod.GetNamespace())
+	if !ok || err != nil {
 		return keepalive.Decision{}, false
 	}
 	return keepalive.Decide(podView(pod), ns, m.cluster(), namespaced, cluster), true
@@ -412,8 +408,7 @@ func (m *mapper) policyToWorkloads(delay time.Duration) handler.TypedEventHandle
 			wake(ctx, q, e.Object)
 		},
 		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q workloadQueue) {
-			if e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
-				e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero() {
+			if keepalive.PolicyChanged(e.ObjectOld, e.ObjectNew) {
 				wake(ctx, q, e.ObjectOld, e.ObjectNew)
 			}
 		},

@@ -196,22 +196,25 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 	if pod == nil || !running(pod) {
 		return podEntry{}
 	}
-	var pols []keepalive.Policy
+	var (
+		ns   keepalive.Namespace
+		pols []keepalive.Policy
+		ok   bool
+	)
 	if only != nil {
 		pols = []keepalive.Policy{*only}
+		ns, ok = namespaceOf(ctx, t.client, pod.GetNamespace())
 	} else {
-		namespaced, cluster, err := t.policies.inScope(ctx, pod.GetNamespace())
+		var namespaced, cluster []keepalive.Policy
+		var err error
+		ns, namespaced, cluster, ok, err = t.policies.forNamespace(ctx, pod.GetNamespace())
 		if err != nil {
 			logf.FromContext(ctx).Error(err, "count a pod")
 			return podEntry{}
 		}
 		pols = slices.Concat(namespaced, cluster)
 	}
-	if len(pols) == 0 {
-		return podEntry{}
-	}
-	ns, ok := namespaceOf(ctx, t.client, pod.GetNamespace())
-	if !ok {
+	if !ok || len(pols) == 0 {
 		return podEntry{} // a namespace event recounts its pods once it is cached
 	}
 	target := keepalive.Target{Namespace: pod.GetNamespace(), Labels: pod.Labels(), NamespaceLabels: ns.Labels}
@@ -326,8 +329,7 @@ func (t *tally) recountOn(ctx context.Context) toolscache.ResourceEventHandlerFu
 		UpdateFunc: func(old, o any) {
 			before, ok1 := old.(policyObject)
 			after, ok2 := o.(policyObject)
-			if !ok1 || !ok2 || before.GetGeneration() != after.GetGeneration() ||
-				before.GetDeletionTimestamp().IsZero() != after.GetDeletionTimestamp().IsZero() {
+			if !ok1 || !ok2 || keepalive.PolicyChanged(before, after) {
 				recount(o)
 			}
 		},
@@ -341,6 +343,13 @@ func (t *tally) recountPolicy(ctx context.Context, obj policyObject) {
 	ref := refOf(obj)
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if ref.Kind == keepalive.KindClusterKeepalivePolicy {
+		// Before any pod is counted again: the policy set's own handler
+		// may run after this one, and a pod event counted meanwhile with
+		// the namespace's selection from before the change would undo the
+		// recount for that pod.
+		t.policies.clusterChanged()
+	}
 	id := uint32(t.refs.id(ref))
 	for key, e := range t.pods {
 		if i := slices.IndexFunc(e.policies, func(c contribution) bool { return c.policy == id }); i >= 0 {

@@ -84,6 +84,14 @@ func selector(s *v1alpha1.LabelSelector) (labels.Selector, error) {
 	return metav1.LabelSelectorAsSelector(s.AsLabelSelector())
 }
 
+// PolicyChanged reports whether an update of a policy object can change what
+// the policy does: a new spec (generation) or the start of its deletion.
+// Status updates, the most frequent by far, cannot.
+func PolicyChanged(before, after metav1.Object) bool {
+	return before.GetGeneration() != after.GetGeneration() ||
+		before.GetDeletionTimestamp().IsZero() != after.GetDeletionTimestamp().IsZero()
+}
+
 // Target is a pod as policies see it.
 type Target struct {
 	Namespace       string

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
@@ -189,6 +190,30 @@ func TestNewPolicyRejects(t *testing.T) {
 			_, err := tc.build()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPolicyChanged(t *testing.T) {
+	now := metav1.Now()
+	base := metav1.ObjectMeta{Name: "nlb", Generation: 3, ResourceVersion: "10", Finalizers: []string{"keepalive.io/restore"}}
+	tests := map[string]struct {
+		after func(*metav1.ObjectMeta)
+		want  bool
+	}{
+		"status write":      {after: func(m *metav1.ObjectMeta) { m.ResourceVersion = "11" }, want: false},
+		"labels changed":    {after: func(m *metav1.ObjectMeta) { m.Labels = map[string]string{"team": "x"} }, want: false},
+		"spec changed":      {after: func(m *metav1.ObjectMeta) { m.Generation = 4 }, want: true},
+		"deletion started":  {after: func(m *metav1.ObjectMeta) { m.DeletionTimestamp = &now }, want: true},
+		"finalizer removed": {after: func(m *metav1.ObjectMeta) { m.Finalizers = nil }, want: false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			after := base.DeepCopy()
+			tc.after(after)
+			if got := PolicyChanged(&base, after); got != tc.want {
+				t.Errorf("PolicyChanged = %v, want %v", got, tc.want)
 			}
 		})
 	}

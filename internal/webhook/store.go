@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -31,7 +32,9 @@ type Store struct {
 
 	mu         sync.RWMutex
 	namespaced map[string][]keepalive.Policy // by namespace
-	cluster    []keepalive.Policy
+	// cluster is kept by reference alone: a change of one of 500 cluster
+	// policies costs a map write, not a copy of them all.
+	cluster    map[keepalive.Ref]keepalive.Policy
 	namespaces map[string]map[string]string // labels by name
 	// clusterFor holds, by namespace, the cluster policies whose
 	// namespaceSelector selects it; an entry goes when its namespace
@@ -50,6 +53,7 @@ func NewStore(log logr.Logger) *Store {
 	return &Store{
 		log:        log,
 		namespaced: map[string][]keepalive.Policy{},
+		cluster:    map[keepalive.Ref]keepalive.Policy{},
 		namespaces: map[string]map[string]string{},
 		clusterFor: map[string][]keepalive.Policy{},
 		oldNodes:   map[string]keepalive.Node{},
@@ -82,7 +86,8 @@ func (s *Store) Lookup(namespace string) (labels map[string]string, known bool, 
 	namespaced = s.namespaced[namespace]
 	cluster, cached := s.clusterFor[namespace]
 	if !known {
-		cluster = s.cluster
+		// Rare: a namespace whose event has not reached the store yet.
+		cluster = slices.Collect(maps.Values(s.cluster))
 	}
 	s.mu.RUnlock()
 	if known && !cached {
@@ -100,14 +105,14 @@ func (s *Store) selectCluster(namespace string) (labels map[string]string, known
 	labels, known = s.namespaces[namespace]
 	namespaced = s.namespaced[namespace]
 	if !known {
-		return labels, known, namespaced, s.cluster
+		return labels, known, namespaced, slices.Collect(maps.Values(s.cluster))
 	}
 	if cluster, cached := s.clusterFor[namespace]; cached {
 		return labels, known, namespaced, cluster
 	}
-	for i := range s.cluster {
-		if s.cluster[i].SelectsNamespace(namespace, labels) {
-			cluster = append(cluster, s.cluster[i])
+	for _, p := range s.cluster {
+		if p.SelectsNamespace(namespace, labels) {
+			cluster = append(cluster, p)
 		}
 	}
 	s.clusterFor[namespace] = cluster
@@ -128,16 +133,7 @@ func (s *Store) HasSynced() bool {
 // Watch feeds the store from the cache's informers. Call it before the cache
 // starts or after; events arrive once it runs.
 func (s *Store) Watch(ctx context.Context, c cache.Cache) error {
-	handler := toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.apply(obj, false) },
-		UpdateFunc: func(_, obj any) { s.apply(obj, false) },
-		DeleteFunc: func(obj any) {
-			if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-				obj = tomb.Obj
-			}
-			s.apply(obj, true)
-		},
-	}
+	handler := s.events()
 	for _, obj := range []client.Object{&v1alpha1.KeepalivePolicy{}, &v1alpha1.ClusterKeepalivePolicy{}, &corev1.Namespace{}, &corev1.Node{}} {
 		inf, err := c.GetInformer(ctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
@@ -150,6 +146,25 @@ func (s *Store) Watch(ctx context.Context, c cache.Cache) error {
 		s.synced = append(s.synced, reg.HasSynced)
 	}
 	return nil
+}
+
+// events records the informer events of every kind the store watches.
+func (s *Store) events() toolscache.ResourceEventHandlerFuncs {
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { s.apply(obj, false) },
+		UpdateFunc: func(old, obj any) {
+			if policyUnchanged(old, obj) {
+				return
+			}
+			s.apply(obj, false)
+		},
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			s.apply(obj, true)
+		},
+	}
 }
 
 // apply records an informer event.
@@ -198,23 +213,36 @@ func (s *Store) apply(obj any, deleted bool) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	list := s.cluster
-	if ref.Kind == keepalive.KindKeepalivePolicy {
-		list = s.namespaced[ref.Namespace]
+	if ref.Kind == keepalive.KindClusterKeepalivePolicy {
+		if deleted {
+			delete(s.cluster, ref)
+		} else {
+			s.cluster[ref] = pol
+		}
+		clear(s.clusterFor)
+		return
 	}
-	next := slices.DeleteFunc(slices.Clone(list), func(q keepalive.Policy) bool { return q.Ref == ref })
+	next := slices.DeleteFunc(slices.Clone(s.namespaced[ref.Namespace]), func(q keepalive.Policy) bool { return q.Ref == ref })
 	if !deleted {
 		next = append(next, pol)
 	}
-	switch {
-	case ref.Kind != keepalive.KindKeepalivePolicy:
-		s.cluster = next
-		clear(s.clusterFor)
-	case len(next) == 0:
+	if len(next) == 0 {
 		delete(s.namespaced, ref.Namespace)
-	default:
+	} else {
 		s.namespaced[ref.Namespace] = next
 	}
+}
+
+// policyUnchanged passes over the updates of a policy that cannot change
+// what it does, its status updates first of all.
+func policyUnchanged(old, obj any) bool {
+	switch obj.(type) {
+	case *v1alpha1.KeepalivePolicy, *v1alpha1.ClusterKeepalivePolicy:
+		before, ok1 := old.(metav1.Object)
+		after, ok2 := obj.(metav1.Object)
+		return ok1 && ok2 && !keepalive.PolicyChanged(before, after)
+	}
+	return false
 }
 
 // SetNamespace records the labels of a namespace.

@@ -7,6 +7,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
@@ -79,5 +80,51 @@ func TestStoreClusterPoliciesFollowChanges(t *testing.T) {
 	check("namespace back without labels", "shop", true)
 	if _, _, namespaced, _ := s.Lookup("shop"); len(namespaced) != 1 || namespaced[0].Ref.Kind != keepalive.KindKeepalivePolicy {
 		t.Errorf("namespaced policies of shop = %v, want the one KeepalivePolicy", namespaced)
+	}
+}
+
+// TestStoreIgnoresStatusUpdates checks that an update of a policy that
+// changes neither its spec nor its deletion, such as each status write,
+// leaves what the store worked out per namespace, and that a spec change
+// is applied.
+func TestStoreIgnoresStatusUpdates(t *testing.T) {
+	s := NewStore(logr.Discard())
+	events := s.events()
+	s.SetNamespace("shop", nil)
+	created := clusterPolicy("nlb", nil)
+	created.Generation = 1
+	events.OnAdd(created, false)
+	timeOf := func(step string) int32 {
+		t.Helper()
+		_, _, _, cluster := s.Lookup("shop")
+		if len(cluster) != 1 {
+			t.Fatalf("%s: %d cluster policies for shop, want 1", step, len(cluster))
+		}
+		return cluster[0].Result.Values.TimeSeconds
+	}
+	if got := timeOf("created"); got != 175 {
+		t.Errorf("created: time %d, want 175", got)
+	}
+
+	status := created.DeepCopy()
+	status.Status.ObservedGeneration = 1
+	events.OnUpdate(created, status)
+	if _, kept := s.clusterFor["shop"]; !kept {
+		t.Error("a status update dropped the cluster policies worked out for shop")
+	}
+
+	spec := status.DeepCopy()
+	spec.Generation = 2
+	spec.Spec.IdleTimeouts = []v1alpha1.Hop{{Seconds: ptr.To[int32](100)}}
+	events.OnUpdate(status, spec)
+	if got := timeOf("spec changed"); got != 50 {
+		t.Errorf("spec changed: time %d, want 50", got)
+	}
+
+	deleting := spec.DeepCopy()
+	deleting.DeletionTimestamp = ptr.To(metav1.Now())
+	events.OnUpdate(spec, deleting)
+	if _, _, _, cluster := s.Lookup("shop"); len(cluster) != 0 {
+		t.Errorf("being deleted: %d cluster policies for shop, want none", len(cluster))
 	}
 }
