@@ -18,11 +18,8 @@ import (
 	. "github.com/onsi/gomega"
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-
-	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
 )
 
 // servers starts the operator with a webhook server and a secure metrics
@@ -131,18 +128,7 @@ var _ = Describe("the webhook server", func() {
 		Expect(resp.Close).To(BeTrue(), "the rest of the body is not read")
 
 		By("answering the next review")
-		pod, err := json.Marshal(testobj.MakePod("shop", "api").Obj())
-		Expect(err).NotTo(HaveOccurred())
-		review, err := json.Marshal(admissionv1.AdmissionReview{
-			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
-			Request: &admissionv1.AdmissionRequest{
-				UID: "4a1c2e9b-0d2f-4c3a-9b8e-7f6d5c4b3a21", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
-				Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"}, Namespace: "shop",
-				Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: pod},
-			},
-		})
-		Expect(err).NotTo(HaveOccurred())
-		resp, err = c.Post("https://"+webhook+"/mutate-v1-pod", "application/json", bytes.NewReader(review))
+		resp, err = c.Post("https://"+webhook+"/mutate-v1-pod", "application/json", bytes.NewReader(podReview("shop")))
 		Expect(err).NotTo(HaveOccurred())
 		defer resp.Body.Close()
 		out := admissionv1.AdmissionReview{}

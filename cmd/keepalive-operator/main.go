@@ -113,7 +113,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "Namespace of the leader election lease; the operator's own namespace when empty.")
 	fs.StringVar(&o.webhookCertPath, "webhook-cert-path", filepath.Join(os.TempDir(), "k8s-webhook-server", "serving-certs"), "Folder with tls.crt and tls.key for the webhook server; reloaded when they change. With --cert-rotation, mount the Secret --webhook-secret-name there.")
 	fs.IntVar(&o.webhookPort, "webhook-port", ctrlwebhook.DefaultPort, "Port the webhook server listens on.")
-	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 5*time.Second, "How long the operator goes on serving after SIGTERM before it stops: the API server keeps sending reviews to a terminating pod until it sees its endpoint go, and a review the webhook no longer answers admits the pod without the values. Keep it below the pod's terminationGracePeriodSeconds.")
+	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 5*time.Second, "How long the operator goes on serving after SIGTERM before it stops: the API server keeps sending reviews to a terminating pod until it sees its endpoint go, and a review the webhook no longer answers admits the pod without the values. Meanwhile each webhook answer closes its connection, so that the next review goes to a replica that stays. Keep it below the pod's terminationGracePeriodSeconds.")
 	fs.DurationVar(&o.webhookReadTime, "webhook-read-timeout", 10*time.Second, "How long the webhook server waits for a request's body once its headers are in; a slower client gets an error and its connection is closed. The API server sends a review at once and gives up after the webhook's timeoutSeconds (30 s at most).")
 	fs.BoolVar(&o.enableHTTP2, "enable-http2", false, "Offer HTTP/2 on the webhook and metrics servers besides HTTP/1.1. Off by default: HTTP/2's stream handling is where the rapid-reset attacks (CVE-2023-44487, CVE-2023-39325) struck, and one review per request needs none of it.")
 	fs.BoolVar(&o.unsafeSysctls, "unsafe-sysctls-allowed", false, "Every kubelet allows the keepalive sysctls (--allowed-unsafe-sysctls): inject them even on clusters older than Kubernetes 1.29.")
@@ -218,6 +218,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&o.zap)))
 	log := ctrl.Log.WithName("setup")
+	terminating := ctx.Done() // SIGTERM; the manager's context ends the delay later
 	ctx = afterDelay(ctx, o.shutdownDelay)
 
 	cfg, err := restConfig(o.kubeconfig)
@@ -245,6 +246,7 @@ func run(ctx context.Context, args []string) error {
 	whServer := webhookServer{
 		Server:      ctrlwebhook.NewServer(ctrlwebhook.Options{CertDir: o.webhookCertPath, Port: o.webhookPort, TLSOpts: tlsOpts}),
 		readTimeout: o.webhookReadTime,
+		terminating: terminating,
 	}
 	if o.certRotation {
 		// The server starts once the rotator has written its certificate.
@@ -343,7 +345,8 @@ func serverTLS(http2 bool) func(*tls.Config) {
 }
 
 // webhookServer is controller-runtime's webhook server with a deadline for
-// reading each request's body, and, when certsReady is set, started once the
+// reading each request's body, answers that close their connection once
+// terminating is closed, and, when certsReady is set, started once the
 // certificate rotator has written its certificate.
 //
 // controller-runtime's server exposes no http.Server setting: its
@@ -354,6 +357,7 @@ func serverTLS(http2 bool) func(*tls.Config) {
 type webhookServer struct {
 	ctrlwebhook.Server
 	readTimeout time.Duration
+	terminating <-chan struct{}
 	certsReady  <-chan struct{}
 }
 
@@ -361,6 +365,16 @@ func (s webhookServer) Register(path string, hook http.Handler) {
 	s.Server.Register(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.readTimeout)); err != nil {
 			ctrl.Log.WithName("webhook").Error(err, "no read deadline for the request", "path", path)
+		}
+		select {
+		case <-s.terminating:
+			// The API server would go on sending reviews down this kept-alive
+			// connection until the server closes it at the end of the
+			// shutdown delay, failing the review in flight. Closed after this
+			// answer (a GOAWAY on HTTP/2), it dials again for the next review
+			// and reaches a replica that stays.
+			w.Header().Set("Connection", "close")
+		default:
 		}
 		hook.ServeHTTP(w, r)
 	}))

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,11 +21,14 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega/gbytes"
 	"github.com/onsi/gomega/gexec"
+	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -126,8 +132,8 @@ var _ = Describe("the manager", func() {
 		}, 20*time.Second).Should(HaveKeyWithValue("keepalive.io/policy", "KeepalivePolicy/"+ns.Name+"/nlb"))
 	})
 
-	It("goes on admitting pods for --shutdown-delay after SIGTERM, then stops", func() {
-		session := start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0", "--shutdown-delay", "4s")
+	It("goes on admitting pods for --shutdown-delay after SIGTERM, closing each connection after its answer, then stops", func() {
+		session := start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0", "--shutdown-delay", "5s")
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "shop-"}}
 		Expect(k8sClient.Create(context.Background(), ns)).To(Succeed())
 		Expect(k8sClient.Create(context.Background(), testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns.Name, "nlb"))).To(Succeed())
@@ -137,11 +143,45 @@ var _ = Describe("the manager", func() {
 		}
 		Eventually(injected, 20*time.Second).Should(BeTrue())
 
+		By("keeping its connections alive before SIGTERM")
+		wh := env.WebhookInstallOptions
+		direct := newReviewer(net.JoinHostPort(wh.LocalServingHost, strconv.Itoa(wh.LocalServingPort)), false)
+		Expect(direct.review().close).To(BeFalse())
+		Expect(direct.review().reused).To(BeTrue(), "the second review did not reuse the connection")
+
 		session.Signal(syscall.SIGTERM)
 		sent := time.Now()
+		// The signal is handled asynchronously; the operator logs this once it has.
+		Eventually(session.Err, 2*time.Second).Should(gbytes.Say(`"msg":"stopping"`))
+
+		By("closing each connection after its answer from SIGTERM on")
+		last := direct.review()
+		Expect(last.reused).To(BeTrue(), "the review after SIGTERM came on a new connection")
+		Expect(last.close).To(BeTrue(), "no Connection: close")
+		next := direct.review()
+		Expect(next.reused).To(BeFalse(), "the connection was kept after Connection: close")
+		Expect(next.close).To(BeTrue())
+
 		Consistently(injected, "3s", "200ms").Should(BeTrue(), "a review in the shutdown delay went unanswered")
 		Eventually(session, 20*time.Second).Should(gexec.Exit(0))
-		Expect(time.Since(sent)).To(BeNumerically(">=", 4*time.Second), "stopped before the delay was over")
+		Expect(time.Since(sent)).To(BeNumerically(">=", 5*time.Second), "stopped before the delay was over")
+	})
+
+	It("ends its HTTP/2 connections with GOAWAY from SIGTERM on", func() {
+		session := start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0",
+			"--enable-http2", "--shutdown-delay", "3s")
+		wh := env.WebhookInstallOptions
+		direct := newReviewer(net.JoinHostPort(wh.LocalServingHost, strconv.Itoa(wh.LocalServingPort)), true)
+		Eventually(func() error { _, err := direct.post(); return err }, 20*time.Second).Should(Succeed())
+		before := direct.review()
+		Expect(before.protoMajor).To(Equal(2))
+		Expect(before.reused).To(BeTrue())
+
+		session.Signal(syscall.SIGTERM)
+		Eventually(session.Err, 2*time.Second).Should(gbytes.Say(`"msg":"stopping"`))
+		Expect(direct.review().reused).To(BeTrue(), "the review after SIGTERM came on a new connection")
+		Expect(direct.review().reused).To(BeFalse(), "the connection was kept after the GOAWAY")
+		Eventually(session, 20*time.Second).Should(gexec.Exit(0))
 	})
 
 	It("leaves alone the namespaces and pods its scope flags exclude", func() {
@@ -184,6 +224,79 @@ var _ = Describe("the manager", func() {
 		Expect(lease.Spec.HolderIdentity).NotTo(BeNil())
 	})
 })
+
+// reviewer sends pod admission reviews straight to a webhook server, over
+// one client whose connections are kept alive between reviews.
+type reviewer struct {
+	client *http.Client
+	url    string
+}
+
+func newReviewer(addr string, http2 bool) reviewer {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: http2}
+	DeferCleanup(tr.CloseIdleConnections)
+	return reviewer{client: &http.Client{Transport: tr, Timeout: 5 * time.Second}, url: "https://" + addr + "/mutate-v1-pod"}
+}
+
+// answer is what a review's answer tells of its connection.
+type answer struct {
+	// close: it carried Connection: close, which net/http's client takes
+	// out of the header.
+	close      bool
+	reused     bool // it came over a connection already used
+	protoMajor int
+}
+
+// post sends a review and reads its answer in full, for the connection to be
+// reused.
+func (r reviewer) post() (answer, error) {
+	var a answer
+	// The last connection counts: an HTTP/2 request may be retried on another.
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { a.reused = info.Reused }}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
+		http.MethodPost, r.url, bytes.NewReader(podReview("default")))
+	if err != nil {
+		return a, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return a, err
+	}
+	defer resp.Body.Close()
+	out := admissionv1.AdmissionReview{}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return a, err
+	}
+	if out.Response == nil || !out.Response.Allowed {
+		return a, fmt.Errorf("review not allowed: %+v", out.Response)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	a.close, a.protoMajor = resp.Close, resp.ProtoMajor
+	return a, nil
+}
+
+func (r reviewer) review() answer {
+	a, err := r.post()
+	ExpectWithOffset(1, err).NotTo(HaveOccurred())
+	return a
+}
+
+// podReview is an AdmissionReview of the creation of a pod in ns.
+func podReview(ns string) []byte {
+	pod, err := json.Marshal(testobj.MakePod(ns, "api").Obj())
+	Expect(err).NotTo(HaveOccurred())
+	review, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID: "4a1c2e9b-0d2f-4c3a-9b8e-7f6d5c4b3a21", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"}, Namespace: ns,
+			Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: pod},
+		},
+	})
+	Expect(err).NotTo(HaveOccurred())
+	return review
+}
 
 // writeCert writes a self-signed certificate for 127.0.0.1 named cn into dir
 // as tls.crt and tls.key.
