@@ -12,6 +12,8 @@ set -euo pipefail
 KYVERNO_VERSION=${KYVERNO_VERSION:-v1.19.1}
 ROOT=${KYVERNO_ROOT:-${XDG_DATA_HOME:-$HOME/.local/share}/keepalive-bench}
 DEST="$ROOT/kyverno-$KYVERNO_VERSION-$(go env GOOS)-$(go env GOARCH)"
+# Absolute: the build below runs in another folder.
+case $DEST in /*) ;; *) DEST="$PWD/$DEST" ;; esac
 
 say() { echo "setup-kyverno: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -24,9 +26,14 @@ command -v go >/dev/null || die "go is not on PATH"
 
 say "building Kyverno $KYVERNO_VERSION from its Go module; cached in $DEST"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# On any failure from here on, the half-built folder goes too.
+trap 'rc=$?; rm -rf "$work"; if [ "$rc" -ne 0 ]; then rm -rf "$DEST.tmp"; say "error: building Kyverno $KYVERNO_VERSION failed"; fi' EXIT
+rm -rf "$DEST.tmp"
 start=$(date +%s)
 mod=github.com/kyverno/kyverno
+# A command of its own, so that set -e holds inside: bash ignores it in a
+# command on the left of || or &&, and the subshell would carry on past a
+# failed go build.
 (
   cd "$work"
   printf 'module kyvernobuild\n\ngo 1.26\n' > go.mod
@@ -44,7 +51,7 @@ mod=github.com/kyverno/kyverno
   # The CRDs the admission controller watches, as its release installs them.
   find "$src/config/crds" -name '*.yaml' -exec cp {} "$DEST.tmp/crds/" \;
   chmod -R u+w "$DEST.tmp"
-) || die "building Kyverno $KYVERNO_VERSION failed"
+)
 rm -rf "$DEST"
 mv "$DEST.tmp" "$DEST"
 say "built in $(( $(date +%s) - start ))s"

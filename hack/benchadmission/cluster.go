@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -336,7 +337,8 @@ func (b *bench) startOperator(ctx context.Context, p *plane, e webhookEndpoint, 
 	)
 }
 
-// startNoop runs the no-op webhook, this program in its other role.
+// startNoop runs the no-op webhook, this program in its other role, and
+// returns once it accepts connections; when it does not, it stops it.
 func (b *bench) startNoop(ctx context.Context, e webhookEndpoint) (*testenv.Process, error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -351,14 +353,17 @@ func (b *bench) startNoop(ctx context.Context, e webhookEndpoint) (*testenv.Proc
 		if err := noop.Alive(); err != nil {
 			return false, err
 		}
-		c, err := net.Dial("tcp", e.addr)
+		c, err := net.DialTimeout("tcp", e.addr, time.Second)
 		if err != nil {
 			return false, nil
 		}
 		_ = c.Close()
 		return true, nil
 	})
-	return noop, err
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("the no-op webhook did not accept connections (log: %s): %w", noop.Log, err), noop.Stop(10*time.Second))
+	}
+	return noop, nil
 }
 
 // webhookConfigurations are the operator's webhook, as config/webhook

@@ -203,8 +203,8 @@ func startKyverno(ctx context.Context, s kyvernoSetup) (*testenv.Process, error)
 		return nil, err
 	}
 	if err := kyvernoConfigure(ctx, c, p, s, webhookAddr); err != nil {
-		_ = p.Stop(10 * time.Second)
-		return nil, err
+		// Stopped, Kyverno leaves its webhooks, which fail closed.
+		return nil, errors.Join(err, p.Stop(10*time.Second), removeKyvernoWebhooks(context.Background(), s.cfg))
 	}
 	return p, nil
 }
@@ -793,7 +793,7 @@ func kyvernoPodRequests(ctx context.Context, url string) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("read Kyverno's metrics: %w", err)
 	}
@@ -841,24 +841,19 @@ func kyvernoFreeAddrs(n int) ([]string, error) {
 // when ctx ends, or after timeout, with what it waited for and f's last
 // error.
 func kyvernoPoll(ctx context.Context, p *testenv.Process, timeout time.Duration, what string, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	for {
-		err := f()
-		if err == nil {
-			return nil
+	var last error
+	err := testenv.WaitFor(ctx, timeout, func() (bool, error) {
+		if last = f(); last == nil {
+			return true, nil
 		}
-		if alive := p.Alive(); alive != nil {
-			return fmt.Errorf("waiting for %s: %w", what, alive)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %s waiting for %s (Kyverno's log is %s): %w", timeout, what, p.Log, err)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
-		case <-t.C:
-		}
+		return false, p.Alive()
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		return fmt.Errorf("timed out after %s waiting for %s (Kyverno's log is %s): %w", timeout, what, p.Log, last)
+	default:
+		return fmt.Errorf("waiting for %s: %w", what, err)
 	}
 }

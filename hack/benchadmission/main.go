@@ -69,8 +69,8 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.cluster, "cluster-policies", 500, "ClusterKeepalivePolicies of the operator's large configuration, the one that selects the benchmark's pods included.")
 	fs.StringVar(&o.kyverno, "kyverno", "", "Folder of Kyverno's admission controller and CRDs (hack/setup-kyverno.sh prints it); empty leaves Kyverno out.")
 	fs.BoolVar(&o.handler, "handler", true, "Also run the handler's benchmark at one and at 1,000 policies (go test -bench BenchmarkAdmissionPolicies).")
-	fs.StringVar(&o.profile, "profile", "", "Folder for CPU profiles: after the rounds, each configuration creates pods for -profile-for more while the kube-apiserver's and the operator's CPU are profiled.")
-	fs.DurationVar(&o.profileFor, "profile-for", 10*time.Second, "How long each profile lasts.")
+	fs.StringVar(&o.profile, "profile", "", "Folder for profiles: after the rounds, each configuration creates pods for -profile-for more while the kube-apiserver's and the operator's CPU are profiled; the operator's heap is profiled at the end.")
+	fs.DurationVar(&o.profileFor, "profile-for", 10*time.Second, "How long each CPU profile lasts; at least 1s.")
 	fs.StringVar(&o.out, "out", "bench-admission.out", "File the report is written to, besides standard output.")
 	fs.BoolVar(&o.keep, "keep", false, "Keep the temporary folder: logs, kubeconfigs, certificates.")
 	if err := fs.Parse(args); err != nil {
@@ -87,6 +87,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.cluster < 1 || o.namespaced < 0 {
 		return o, errors.New("-cluster-policies must be at least 1 and -namespaced-policies at least 0")
+	}
+	if o.profileFor < time.Second {
+		return o, fmt.Errorf("-profile-for must be at least 1s, not %s", o.profileFor)
 	}
 	return o, nil
 }

@@ -32,14 +32,16 @@ type results struct {
 	// slots are the measured rounds of each configuration, by name.
 	slots map[string][]slot
 	// procs name the measured processes; peak is each one's peak RSS at
-	// the end of the run.
-	procs []string
-	peak  []int64
+	// the end of the run, rss its RSS then and mapped the part of it that
+	// maps files.
+	procs             []string
+	peak, rss, mapped []int64
 	// scaleRSS is the operator's largest RSS once it held the large
-	// configuration's policies.
-	scaleRSS int64
-	policies int
-	took     time.Duration
+	// configuration's policies, and scaleMapped the part of it that maps
+	// files.
+	scaleRSS, scaleMapped int64
+	policies              int
+	took                  time.Duration
 }
 
 // measure sets the cluster up and runs the rounds.
@@ -126,14 +128,16 @@ func (b *bench) measure(ctx context.Context) (res *results, err error) {
 			cfg: p.env.Config, kubeconfig: p.env.Kubeconfig, binDir: b.kyverno, dir: b.tmp,
 			selector: map[string]string{configLabel: configKyverno}, sysctls: wantSysctls,
 		}
-		ky, err := startKyverno(ctx, setup)
+		// kyErr, not err: the deferred function must set the named result,
+		// which an err declared in this block would shadow.
+		ky, kyErr := startKyverno(ctx, setup)
 		if ky != nil {
 			defer func() {
 				err = errors.Join(err, ky.Stop(30*time.Second), removeKyvernoWebhooks(context.Background(), p.env.Config))
 			}()
 		}
-		if err != nil {
-			return nil, err
+		if kyErr != nil {
+			return nil, kyErr
 		}
 		if err := verifyKyverno(ctx, setup, ky, "bench-"+configKyverno, "bench-"+configNone); err != nil {
 			return nil, err
@@ -157,8 +161,17 @@ func (b *bench) measure(ctx context.Context) (res *results, err error) {
 					return fmt.Errorf("the operator with %d policies: %w", len(scale)+1, err)
 				}
 				rss, _, err := testenv.Memory(op.PID())
-				res.scaleRSS = max(res.scaleRSS, rss)
-				return err
+				if err != nil {
+					return err
+				}
+				mapped, err := testenv.MappedFiles(op.PID())
+				if err != nil {
+					return err
+				}
+				if rss > res.scaleRSS {
+					res.scaleRSS, res.scaleMapped = rss, mapped
+				}
+				return nil
 			}
 			c.after = func(ctx context.Context) error {
 				if err := p.removeScalePolicies(ctx, scale); err != nil {
@@ -218,19 +231,26 @@ func (b *bench) measure(ctx context.Context) (res *results, err error) {
 	}
 	res.took = time.Since(b.started)
 	for _, pr := range p.procs {
-		_, peak, err := testenv.Memory(pr.pid)
+		rss, peak, err := testenv.Memory(pr.pid)
+		if err != nil {
+			return nil, err
+		}
+		mapped, err := testenv.MappedFiles(pr.pid)
 		if err != nil {
 			return nil, err
 		}
 		res.procs = append(res.procs, pr.name)
 		res.peak = append(res.peak, peak)
+		res.rss = append(res.rss, rss)
+		res.mapped = append(res.mapped, mapped)
 	}
 	return res, nil
 }
 
 // profileConfig creates the configuration's pods for b.profileFor while it
 // profiles the CPU of the kube-apiserver and of the operator, into
-// b.profile/<configuration>.<process>.pprof.
+// b.profile/<configuration>.<process>.pprof, then the operator's heap, into
+// b.profile/<configuration>.operator.heap.pprof.
 func (b *bench) profileConfig(ctx context.Context, p *plane, c *config, pprof string) error {
 	if c.before != nil {
 		if err := c.before(ctx); err != nil {
@@ -241,28 +261,26 @@ func (b *bench) profileConfig(ctx context.Context, p *plane, c *config, pprof st
 		return err
 	}
 	secs := strconv.Itoa(int(b.profileFor.Seconds()))
+	// A profile takes secs seconds; what is beyond the margin is a hang.
+	limit := b.profileFor + 30*time.Second
+	write := func(process string, raw []byte) error {
+		return os.WriteFile(filepath.Join(b.profile, c.name+"."+process+".pprof"), raw, 0o644)
+	}
 	var wg sync.WaitGroup
 	var apiErr, opErr error
 	wg.Go(func() {
+		ctx, cancel := context.WithTimeout(ctx, limit)
+		defer cancel()
 		raw, err := p.cs.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/profile").Param("seconds", secs).DoRaw(ctx)
 		if err == nil {
-			err = os.WriteFile(filepath.Join(b.profile, c.name+".kube-apiserver.pprof"), raw, 0o644)
+			err = write("kube-apiserver", raw)
 		}
 		apiErr = err
 	})
 	wg.Go(func() {
-		resp, err := http.Get("http://" + pprof + "/debug/pprof/profile?seconds=" + secs)
-		if err != nil {
-			opErr = err
-			return
-		}
-		defer resp.Body.Close()
-		raw, err := io.ReadAll(resp.Body)
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("%s: %s", resp.Status, raw)
-		}
+		raw, err := download(ctx, "http://"+pprof+"/debug/pprof/profile?seconds="+secs, limit)
 		if err == nil {
-			err = os.WriteFile(filepath.Join(b.profile, c.name+".operator.pprof"), raw, 0o644)
+			err = write("operator", raw)
 		}
 		opErr = err
 	})
@@ -270,6 +288,13 @@ func (b *bench) profileConfig(ctx context.Context, p *plane, c *config, pprof st
 	wg.Wait()
 	if err := errors.Join(apiErr, opErr, c.check(len(lat), failed, errs, wrong)); err != nil {
 		return fmt.Errorf("profile %s: %w", c.title, err)
+	}
+	raw, err := download(ctx, "http://"+pprof+"/debug/pprof/heap", 30*time.Second)
+	if err == nil {
+		err = write("operator.heap", raw)
+	}
+	if err != nil {
+		return fmt.Errorf("profile %s: the operator's heap: %w", c.title, err)
 	}
 	b.progress("profiled %s: %d pods in %s", c.title, len(lat), b.profileFor)
 	if err := p.clear(ctx, c); err != nil {
@@ -279,4 +304,25 @@ func (b *bench) profileConfig(ctx context.Context, p *plane, c *config, pprof st
 		return c.after(ctx)
 	}
 	return nil
+}
+
+// download returns the body of url, failing unless the answer is 200 OK
+// within limit.
+func download(ctx context.Context, url string, limit time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s: %s", url, resp.Status, raw)
+	}
+	return raw, err
 }

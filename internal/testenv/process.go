@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,11 +23,14 @@ import (
 // 100 on every Linux architecture Go builds for.
 const ClockTicks = 100
 
-// BuildOperator builds the operator's binary into dir and returns its path.
+// BuildOperator builds the operator's binary into dir, as the Dockerfile
+// builds the shipped one (static, trimmed paths, no symbol table or DWARF),
+// and returns its path.
 func BuildOperator(dir string) (string, error) {
 	bin := filepath.Join(dir, "keepalive-operator")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/keepalive-operator")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/keepalive-operator")
 	cmd.Dir = Root()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/keepalive-operator: %w\n%s", err, out)
 	}
@@ -54,11 +58,12 @@ func StartOperator(ctx context.Context, binary, kubeconfig, log, namespace strin
 	if err != nil {
 		return nil, err
 	}
+	probe := &http.Client{Timeout: 2 * time.Second}
 	err = WaitFor(ctx, 2*time.Minute, func() (bool, error) {
 		if err := op.Alive(); err != nil {
 			return false, err
 		}
-		resp, err := http.Get("http://" + probes + "/readyz")
+		resp, err := probe.Get("http://" + probes + "/readyz")
 		if err != nil {
 			return false, nil
 		}
@@ -162,34 +167,56 @@ func CPUSeconds(pid int) (float64, error) {
 // Memory returns the resident set size of process pid and its peak so far,
 // in bytes.
 func Memory(pid int) (rss, peak int64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	v, err := status(pid, "VmRSS", "VmHWM")
 	if err != nil {
 		return 0, 0, fmt.Errorf("read the memory of process %d: %w", pid, err)
 	}
+	return v[0], v[1], nil
+}
+
+// MappedFiles returns the part of the resident set size of process pid that
+// maps files (RssFile): its binary's text and data and the libraries it
+// loaded. The rest is anonymous memory, its heap and stacks, and shared
+// memory.
+func MappedFiles(pid int) (int64, error) {
+	v, err := status(pid, "RssFile")
+	if err != nil {
+		return 0, fmt.Errorf("read the mapped files of process %d: %w", pid, err)
+	}
+	return v[0], nil
+}
+
+// status returns the fields keys of /proc/<pid>/status, each a size in kB,
+// in bytes.
+func status(pid int, keys ...string) ([]int64, error) {
+	path := fmt.Sprintf("/proc/%d/status", pid)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
 	defer f.Close()
+	out := make([]int64, len(keys))
+	seen := make([]bool, len(keys))
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		key, value, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (key != "VmRSS" && key != "VmHWM") {
+		i := slices.Index(keys, key)
+		if !ok || i < 0 {
 			continue
 		}
 		kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(value), " kB"), 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("parse %s of /proc/%d/status: %w", key, pid, err)
+			return nil, fmt.Errorf("parse %s of %s: %w", key, path, err)
 		}
-		if key == "VmRSS" {
-			rss = kib << 10
-		} else {
-			peak = kib << 10
-		}
+		out[i], seen[i] = kib<<10, true
 	}
 	if err := sc.Err(); err != nil {
-		return 0, 0, fmt.Errorf("read /proc/%d/status: %w", pid, err)
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	if rss == 0 || peak == 0 {
-		return 0, 0, fmt.Errorf("no VmRSS or VmHWM in /proc/%d/status", pid)
+	if i := slices.Index(seen, false); i >= 0 {
+		return nil, fmt.Errorf("no %s in %s", keys[i], path)
 	}
-	return rss, peak, nil
+	return out, nil
 }
 
 // WaitIdle waits, at most max, until process pid spent less than 20 ms of
