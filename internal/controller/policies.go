@@ -46,6 +46,8 @@ type policySet struct {
 	// ClusterKeepalivePolicy moves it.
 	selected       map[string]selection
 	clusterVersion uint64
+	// shared keeps one copy of each selection made at clusterVersion.
+	shared keepalive.SharedLists
 }
 
 // policyStores are the cache's stores of both policy kinds and of the
@@ -119,6 +121,7 @@ func (s *policySet) clusterChanged() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.clusterVersion++
+	s.shared.Reset()
 }
 
 // forNamespace returns a namespace as the decisions read it, false while
@@ -159,6 +162,9 @@ func (s *policySet) forNamespace(ctx context.Context, name string) (ns keepalive
 			if all[i].SelectsNamespace(name, nsObj.Labels) {
 				sel.cluster = append(sel.cluster, all[i])
 			}
+		}
+		if version == s.clusterVersion {
+			sel.cluster = s.shared.Share(sel.cluster)
 		}
 		s.selected[name] = sel
 	}

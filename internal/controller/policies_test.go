@@ -165,6 +165,15 @@ func TestPolicySetSelectionFollowsChanges(t *testing.T) {
 	want("first", "shop", "all", "web")
 	want("first", "batch", "all")
 
+	must(st.namespaces.Add(namespace("shop-2", map[string]string{"tier": "web"})))
+	_, _, one, _, err := s.forNamespace(context.Background(), "shop")
+	must(err)
+	_, _, two, _, err := s.forNamespace(context.Background(), "shop-2")
+	must(err)
+	if len(one) != 2 || len(two) != 2 || &one[0] != &two[0] {
+		t.Error("two namespaces selected by the same policies hold a copy each")
+	}
+
 	misses := s.misses
 	for range 100 {
 		want("unchanged", "shop", "all", "web")

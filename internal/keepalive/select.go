@@ -92,6 +92,37 @@ func PolicyChanged(before, after metav1.Object) bool {
 		before.GetDeletionTimestamp().IsZero() != after.GetDeletionTimestamp().IsZero()
 }
 
+// SharedLists keeps one copy of each list of policies, by the policies'
+// names, so that the many namespaces that the same cluster policies select
+// share one list: 10,000 namespaces need not hold 10,000 copies. Reset it
+// whenever a policy may have changed.
+type SharedLists struct{ lists map[string][]Policy }
+
+// Share returns the copy kept of a list with the same policies in the same
+// order, keeping this one when there is none. The lists must never change
+// afterwards.
+func (s *SharedLists) Share(list []Policy) []Policy {
+	if len(list) == 0 {
+		return nil
+	}
+	var key strings.Builder
+	for i := range list {
+		key.WriteString(list[i].name)
+		key.WriteByte(0)
+	}
+	if kept, ok := s.lists[key.String()]; ok {
+		return kept
+	}
+	if s.lists == nil {
+		s.lists = map[string][]Policy{}
+	}
+	s.lists[key.String()] = list
+	return list
+}
+
+// Reset forgets every list.
+func (s *SharedLists) Reset() { clear(s.lists) }
+
 // Target is a pod as policies see it.
 type Target struct {
 	Namespace       string

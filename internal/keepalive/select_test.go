@@ -218,3 +218,32 @@ func TestPolicyChanged(t *testing.T) {
 		})
 	}
 }
+
+func TestSharedLists(t *testing.T) {
+	policy := func(name string) Policy {
+		p, err := NewClusterPolicy(testobj.Spec().Preset(v1alpha1.PresetAWSNLB).ClusterPolicy(name, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	a, b := policy("a"), policy("b")
+	var s SharedLists
+	first := s.Share([]Policy{a, b})
+	if got := s.Share([]Policy{a, b}); &got[0] != &first[0] {
+		t.Error("an equal list was not shared")
+	}
+	if got := s.Share([]Policy{b, a}); &got[0] == &first[0] {
+		t.Error("a list in another order was shared")
+	}
+	if got := s.Share([]Policy{a}); len(got) != 1 || &got[0] == &first[0] {
+		t.Errorf("a shorter list got %d policies, or the longer list's copy", len(got))
+	}
+	if got := s.Share(nil); got != nil {
+		t.Errorf("an empty list became %v", got)
+	}
+	s.Reset()
+	if got := s.Share([]Policy{a, b}); &got[0] == &first[0] {
+		t.Error("a list kept before Reset was shared after it")
+	}
+}

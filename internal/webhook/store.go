@@ -40,6 +40,8 @@ type Store struct {
 	// namespaceSelector selects it; an entry goes when its namespace
 	// changes, all go when a cluster policy does.
 	clusterFor map[string][]keepalive.Policy
+	// shared keeps one copy of each list in clusterFor.
+	shared keepalive.SharedLists
 
 	oldNodes   map[string]keepalive.Node
 	oldList    []keepalive.Node // oldNodes by name
@@ -115,6 +117,7 @@ func (s *Store) selectCluster(namespace string) (labels map[string]string, known
 			cluster = append(cluster, p)
 		}
 	}
+	cluster = s.shared.Share(cluster)
 	s.clusterFor[namespace] = cluster
 	return labels, known, namespaced, cluster
 }
@@ -220,6 +223,7 @@ func (s *Store) apply(obj any, deleted bool) {
 			s.cluster[ref] = pol
 		}
 		clear(s.clusterFor)
+		s.shared.Reset()
 		return
 	}
 	next := slices.DeleteFunc(slices.Clone(s.namespaced[ref.Namespace]), func(q keepalive.Policy) bool { return q.Ref == ref })

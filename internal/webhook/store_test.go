@@ -55,6 +55,13 @@ func TestStoreClusterPoliciesFollowChanges(t *testing.T) {
 	s.apply(clusterPolicy("nlb", map[string]v1alpha1.LabelValue{"egress": "nlb"}), false)
 	s.apply(clusterPolicy("team-x", map[string]v1alpha1.LabelValue{"team": "x"}), false)
 	check("two policies, one selects", "shop", true, "nlb")
+	s.SetNamespace("shop-2", map[string]string{"egress": "nlb"})
+	check("same labels", "shop-2", true, "nlb")
+	_, _, _, one := s.Lookup("shop")
+	_, _, _, two := s.Lookup("shop-2")
+	if len(one) != 1 || len(two) != 1 || &one[0] != &two[0] {
+		t.Error("two namespaces selected by the same policies hold a copy each")
+	}
 
 	s.SetNamespace("shop", map[string]string{"team": "x"})
 	check("namespace relabelled", "shop", true, "team-x")
