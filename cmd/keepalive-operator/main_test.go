@@ -28,7 +28,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -70,11 +69,11 @@ var _ = AfterSuite(func() {
 	}
 })
 
+// freeAddr is testenv.FreeAddr for a spec.
 func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testenv.FreeAddr()
 	Expect(err).NotTo(HaveOccurred())
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // start runs the operator's binary with args until the spec ends, its
@@ -286,14 +285,7 @@ func (r reviewer) review() answer {
 func podReview(ns string) []byte {
 	pod, err := json.Marshal(testobj.MakePod(ns, "api").Obj())
 	Expect(err).NotTo(HaveOccurred())
-	review, err := json.Marshal(admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
-		Request: &admissionv1.AdmissionRequest{
-			UID: "4a1c2e9b-0d2f-4c3a-9b8e-7f6d5c4b3a21", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
-			Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"}, Namespace: ns,
-			Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: pod},
-		},
-	})
+	review, err := testobj.Review(admissionv1.Create, ns, pod)
 	Expect(err).NotTo(HaveOccurred())
 	return review
 }

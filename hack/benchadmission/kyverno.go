@@ -73,7 +73,6 @@ package main
 // excludes it from the webhooks and from the engine (resourceFilters).
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -801,38 +800,31 @@ func kyvernoPodRequests(ctx context.Context, url string) (float64, error) {
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("read Kyverno's metrics at %s: %s", url, resp.Status)
 	}
-	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, kyvernoAdmissionPodMetric+"{") || !strings.Contains(line, `resource_kind="Pod"`) {
-			continue
-		}
-		fields := strings.Fields(line[strings.LastIndexByte(line, '}')+1:])
-		if len(fields) == 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return 0, fmt.Errorf("kyverno's metrics: %q: %w", line, err)
-		}
-		sum += v
+	families, err := parseMetrics(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("read Kyverno's metrics at %s: %w", url, err)
 	}
-	return sum, sc.Err()
+	var sum float64
+	for _, m := range families[kyvernoAdmissionPodMetric].GetMetric() {
+		if label(m, "resource_kind") == "Pod" {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum, nil
 }
 
 // kyvernoFreeAddrs returns n distinct loopback addresses with ports nobody
 // listens on.
 func kyvernoFreeAddrs(n int) ([]string, error) {
 	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for len(out) < n {
+		addr, err := testenv.FreeAddr()
 		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
+			return nil, err
 		}
-		defer l.Close()
-		out = append(out, l.Addr().String())
+		if !slices.Contains(out, addr) {
+			out = append(out, addr)
+		}
 	}
 	return out, nil
 }

@@ -1,18 +1,20 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -274,42 +276,25 @@ func (p *plane) admissionMetrics(ctx context.Context) (map[string]histogram, err
 }
 
 func parseAdmissionMetrics(raw []byte) (map[string]histogram, error) {
-	out := map[string]histogram{}
-	sc := bufio.NewScanner(bytes.NewReader(raw))
-	sc.Buffer(make([]byte, 0, 1<<16), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		var series string
-		switch {
-		case strings.HasPrefix(line, webhookMetric+"_sum{"), strings.HasPrefix(line, webhookMetric+"_count{"),
-			strings.HasPrefix(line, pluginMetric+"_sum{"), strings.HasPrefix(line, pluginMetric+"_count{"):
-			series = line
-		default:
-			continue
-		}
-		open, end := strings.IndexByte(series, '{'), strings.LastIndexByte(series, '}')
-		if end < open {
-			return nil, fmt.Errorf("metrics: cannot read %q", line)
-		}
-		labels := series[open+1 : end]
-		if !strings.Contains(labels, `operation="CREATE"`) || !strings.Contains(labels, `type="admit"`) {
-			continue
-		}
-		name := labelValue(labels, "name")
-		v, err := strconv.ParseFloat(strings.TrimSpace(series[end+1:]), 64)
-		if err != nil || name == "" {
-			return nil, fmt.Errorf("metrics: cannot read %q", line)
-		}
-		h := out[name]
-		if strings.Contains(series[:open], "_sum") {
-			h.sum += v
-		} else {
-			h.count += v
-		}
-		out[name] = h
+	families, err := parseMetrics(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("read the API server's metrics: %w", err)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, err
+	out := map[string]histogram{}
+	for _, family := range []string{webhookMetric, pluginMetric} {
+		for _, m := range families[family].GetMetric() {
+			if label(m, "operation") != "CREATE" || label(m, "type") != "admit" {
+				continue
+			}
+			name := label(m, "name")
+			if name == "" {
+				return nil, fmt.Errorf("metrics: a series of %s without a name: %v", family, m.GetLabel())
+			}
+			h := out[name]
+			h.sum += m.GetHistogram().GetSampleSum()
+			h.count += float64(m.GetHistogram().GetSampleCount())
+			out[name] = h
+		}
 	}
 	if len(out) == 0 {
 		return nil, errors.New("metrics: the API server reports no admission durations")
@@ -317,12 +302,17 @@ func parseAdmissionMetrics(raw []byte) (map[string]histogram, error) {
 	return out, nil
 }
 
-// labelValue returns the value of label key in a series' label list.
-func labelValue(labels, key string) string {
-	for part := range strings.SplitSeq(labels, ",") {
-		k, v, ok := strings.Cut(part, "=")
-		if ok && k == key {
-			return strings.Trim(v, `"`)
+// parseMetrics reads metrics in Prometheus' text format, by family name.
+func parseMetrics(r io.Reader) (map[string]*dto.MetricFamily, error) {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(r)
+}
+
+// label returns the value of a series' label, "" when it has none.
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
 		}
 	}
 	return ""

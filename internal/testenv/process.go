@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -13,10 +14,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // ClockTicks is USER_HZ, the unit of the CPU times in /proc/<pid>/stat:
@@ -255,38 +257,53 @@ func WaitIdle(ctx context.Context, pid int, max time.Duration) error {
 }
 
 // FreeAddr returns a loopback address with a port nobody listens on.
+//
+// The port is below the kernel's ephemeral range: a port the kernel handed
+// out (as Listen on port 0 does) is free again once closed, and the next
+// outgoing connection of any process may take it before the server that was
+// meant to bind it does.
 func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
+	low := 32768
+	if raw, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(raw)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	const from = 10000
+	if low <= from+1000 {
+		return "", fmt.Errorf("find a free port: the ephemeral range starts at %d, leaving none below it", low)
+	}
+	var last error
+	for range 100 {
+		port := strconv.Itoa(from + rand.IntN(low-from))
+		// Every interface, as the servers under test bind.
+		l, err := net.Listen("tcp", ":"+port)
+		if err != nil {
+			last = err
+			continue
+		}
+		if err := l.Close(); err != nil {
+			return "", err
+		}
+		return net.JoinHostPort("127.0.0.1", port), nil
+	}
+	return "", fmt.Errorf("find a free port: %w", last)
 }
 
 // Parallel runs f for 0..n-1 on at most workers goroutines and returns the
 // first error; it stops handing out work after one.
 func Parallel(ctx context.Context, n, workers int, f func(ctx context.Context, i int) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(n, workers) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := f(ctx, i); err != nil {
-					cancel(err)
-					return
-				}
-			}
-		})
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for i := range n {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error { return f(gctx, i) })
 	}
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	return ctx.Err()
@@ -295,19 +312,6 @@ func Parallel(ctx context.Context, n, workers int, f func(ctx context.Context, i
 // WaitFor calls done every 100 ms until it returns true, an error, or the
 // timeout passes.
 func WaitFor(ctx context.Context, timeout time.Duration, done func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		ok, err := done()
-		if err != nil || ok {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true,
+		func(context.Context) (bool, error) { return done() })
 }

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -93,6 +94,14 @@ func Start(install int, warnings rest.WarningHandler, tmp string) (*Env, error) 
 	}
 	if install&Webhooks != 0 {
 		e.WebhookInstallOptions.Paths = []string{filepath.Join(Root(), "config", "webhook")}
+		addr, err := FreeAddr()
+		if err != nil {
+			return nil, err
+		}
+		_, port, _ := net.SplitHostPort(addr)
+		if e.WebhookInstallOptions.LocalServingPort, err = strconv.Atoi(port); err != nil {
+			return nil, err
+		}
 	}
 	if install&Audit != 0 {
 		policy := filepath.Join(tmp, "audit-policy.yaml")

@@ -2,8 +2,12 @@
 package testobj
 
 import (
+	"encoding/json"
+
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
@@ -142,3 +146,19 @@ func (w *PodWrapper) Owner(obj metav1.Object, apiVersion, kind string) *PodWrapp
 
 // Node puts the pod on a node.
 func (w *PodWrapper) Node(name string) *PodWrapper { w.Spec.NodeName = name; return w }
+
+// Review returns the AdmissionReview the API server sends for an operation
+// on a pod (podJSON) in namespace.
+func Review(operation admissionv1.Operation, namespace string, podJSON []byte) ([]byte, error) {
+	return json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID:       "0df28fbd-5f5f-4d5f-8f6c-9a1b2c3d4e5f",
+			Kind:      metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+			Namespace: namespace,
+			Operation: operation,
+			Object:    runtime.RawExtension{Raw: podJSON},
+		},
+	})
+}

@@ -17,12 +17,11 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
+	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
 )
 
 // fixture is one file of testdata/admission: a pod, its namespace and the
@@ -93,17 +92,7 @@ func newTestHandler(t testing.TB, c keepalive.Cluster, ns string, nsLabels map[s
 // reviewBody returns an AdmissionReview for the pod, as the API server sends it.
 func reviewBody(t testing.TB, operation, namespace string, podJSON []byte) []byte {
 	t.Helper()
-	body, err := json.Marshal(admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
-		Request: &admissionv1.AdmissionRequest{
-			UID:       types.UID("0df28fbd-5f5f-4d5f-8f6c-9a1b2c3d4e5f"),
-			Kind:      metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
-			Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
-			Namespace: namespace,
-			Operation: admissionv1.Operation(operation),
-			Object:    runtime.RawExtension{Raw: podJSON},
-		},
-	})
+	body, err := testobj.Review(admissionv1.Operation(operation), namespace, podJSON)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -55,11 +54,11 @@ func tokenKubeconfig(token string) string {
 	return path
 }
 
+// freeAddr is testenv.FreeAddr for a spec.
 func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testenv.FreeAddr()
 	Expect(err).NotTo(HaveOccurred())
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // chartArgs are the operator's arguments in the chart's Deployment.
@@ -104,14 +103,7 @@ func staleDeployment(ns string) *appsv1.Deployment {
 func review(c *http.Client, addr, ns string) (*admissionv1.AdmissionResponse, error) {
 	pod, err := json.Marshal(testobj.MakePod(ns, "new").Obj())
 	Expect(err).NotTo(HaveOccurred())
-	body, err := json.Marshal(admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
-		Request: &admissionv1.AdmissionRequest{
-			UID: "6f1e7c1a-3a57-4b6e-9d7e-2f0c8b1e4a10", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
-			Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"}, Namespace: ns,
-			Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: pod},
-		},
-	})
+	body, err := testobj.Review(admissionv1.Create, ns, pod)
 	Expect(err).NotTo(HaveOccurred())
 	resp, err := c.Post("https://"+addr+"/mutate-v1-pod", "application/json", bytes.NewReader(body))
 	if err != nil {
