@@ -20,6 +20,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
 )
 
 // servers starts the operator with a webhook server and a secure metrics
@@ -133,7 +135,7 @@ var _ = Describe("the webhook server", func() {
 		defer resp.Body.Close()
 		out := admissionv1.AdmissionReview{}
 		Expect(json.NewDecoder(resp.Body).Decode(&out)).To(Succeed())
-		Expect(out.Response.UID).To(BeEquivalentTo("4a1c2e9b-0d2f-4c3a-9b8e-7f6d5c4b3a21"))
+		Expect(out.Response.UID).To(BeEquivalentTo(testobj.ReviewUID))
 		Expect(out.Response.Allowed).To(BeTrue())
 	})
 })

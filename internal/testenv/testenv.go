@@ -98,7 +98,10 @@ func Start(install int, warnings rest.WarningHandler, tmp string) (*Env, error) 
 		if err != nil {
 			return nil, err
 		}
-		_, port, _ := net.SplitHostPort(addr)
+		// The host too: envtest sets it, and names it in its serving
+		// certificate, only when it picks the port itself.
+		host, port, _ := net.SplitHostPort(addr)
+		e.WebhookInstallOptions.LocalServingHost = host
 		if e.WebhookInstallOptions.LocalServingPort, err = strconv.Atoi(port); err != nil {
 			return nil, err
 		}

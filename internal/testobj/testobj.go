@@ -147,13 +147,16 @@ func (w *PodWrapper) Owner(obj metav1.Object, apiVersion, kind string) *PodWrapp
 // Node puts the pod on a node.
 func (w *PodWrapper) Node(name string) *PodWrapper { w.Spec.NodeName = name; return w }
 
+// ReviewUID is the request UID of every Review, which an answer must echo.
+const ReviewUID = "0df28fbd-5f5f-4d5f-8f6c-9a1b2c3d4e5f"
+
 // Review returns the AdmissionReview the API server sends for an operation
 // on a pod (podJSON) in namespace.
 func Review(operation admissionv1.Operation, namespace string, podJSON []byte) ([]byte, error) {
 	return json.Marshal(admissionv1.AdmissionReview{
 		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
 		Request: &admissionv1.AdmissionRequest{
-			UID:       "0df28fbd-5f5f-4d5f-8f6c-9a1b2c3d4e5f",
+			UID:       ReviewUID,
 			Kind:      metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
 			Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
 			Namespace: namespace,
