@@ -52,7 +52,7 @@ func StripForCache(obj any) (any, error) {
 	case *batchv1.Job:
 		return &batchv1.Job{TypeMeta: o.TypeMeta, ObjectMeta: ownersOnly(o)}, nil
 	case metav1.Object:
-		if t := podTemplate(obj); t != nil {
+		if t := keepalive.PodTemplate(obj); t != nil {
 			stripWorkload(o, t)
 		}
 	}

@@ -93,7 +93,7 @@ func (w *oldNodeWatch) pass(ctx context.Context) {
 			continue
 		}
 		_ = eachObject(list, func(o client.Object) {
-			if ours(o) && (all || templateView(o).Placement.Constrained()) {
+			if ours(o) && (all || keepalive.TemplateView(o).Placement.Constrained()) {
 				keys = append(keys, keyOf(kind, o))
 			}
 		})

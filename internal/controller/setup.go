@@ -300,7 +300,7 @@ func (m *mapper) recordRemoved(ctx context.Context, key workloadKey, o, n client
 	if _, still := n.GetAnnotations()[keepalive.AnnotationManagedSysctls]; still {
 		return
 	}
-	sysctls := templateSysctls(podTemplate(n))
+	sysctls := templateSysctls(keepalive.PodTemplate(n))
 	for _, s := range rec.Set {
 		if !slices.Contains(sysctls, s) {
 			return // the template moved on: not the operator's values any more
@@ -462,7 +462,7 @@ func (m *mapper) policyWorkloads(ctx context.Context, objs ...client.Object) []w
 					ns, _ := namespaceOf(ctx, m.client, w.GetNamespace())
 					labels, nsLabels[w.GetNamespace()] = ns.Labels, ns.Labels
 				}
-				t := keepalive.Target{Namespace: w.GetNamespace(), Labels: podTemplate(w).Labels, NamespaceLabels: labels}
+				t := keepalive.Target{Namespace: w.GetNamespace(), Labels: keepalive.PodTemplate(w).Labels, NamespaceLabels: labels}
 				for i := range pols {
 					if pols[i].Applies(t) {
 						seen[keyOf(kind, w)] = true

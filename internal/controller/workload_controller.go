@@ -128,13 +128,13 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 	if err != nil {
 		return err
 	}
-	tmpl := podTemplate(obj)
+	tmpl := keepalive.PodTemplate(obj)
 	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
 	rec, hasRecord, recErr := keepalive.ParseManaged(obj.GetAnnotations())
 	if recErr != nil {
 		// Without the record the user's originals are unknown: touching the
 		// template could lose them for good.
-		d := keepalive.DesiredTemplate(templateView(obj), nil, nsView, r.cluster(), namespaced, cluster)
+		d := keepalive.DesiredTemplate(keepalive.TemplateView(obj), nil, nsView, r.cluster(), namespaced, cluster)
 		r.fail(ctx, key, obj, governing(d, nil), ReasonRecordBroken,
 			fmt.Sprintf("%v; the template is left as it is until the annotation is fixed or removed", recErr))
 		return nil
@@ -143,7 +143,7 @@ func (r *workloadReconciler) converge(ctx context.Context, key workloadKey, obj 
 	if hasRecord {
 		prev = &rec
 	}
-	d := keepalive.DesiredTemplate(templateView(obj), prev, nsView, r.cluster(), namespaced, cluster)
+	d := keepalive.DesiredTemplate(keepalive.TemplateView(obj), prev, nsView, r.cluster(), namespaced, cluster)
 	policy := governing(d, prev)
 	if !d.Changed() {
 		r.settled(key, obj, templateSysctls(tmpl))

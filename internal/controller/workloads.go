@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -115,23 +114,6 @@ func newWorkloadList(kind string) client.ObjectList {
 	return nil
 }
 
-// podTemplate returns the pod template of a workload, nil for anything else.
-func podTemplate(obj any) *corev1.PodTemplateSpec {
-	switch o := obj.(type) {
-	case *appsv1.Deployment:
-		return &o.Spec.Template
-	case *appsv1.StatefulSet:
-		return &o.Spec.Template
-	case *appsv1.DaemonSet:
-		return &o.Spec.Template
-	case *appsv1.ReplicaSet:
-		return &o.Spec.Template
-	case *batchv1.CronJob:
-		return &o.Spec.JobTemplate.Spec.Template
-	}
-	return nil
-}
-
 // templateSysctls returns the sysctls of a pod template.
 func templateSysctls(t *corev1.PodTemplateSpec) []corev1.Sysctl {
 	if t.Spec.SecurityContext == nil {
@@ -205,24 +187,6 @@ func updatedReplicas(obj client.Object) int32 {
 		return o.Status.UpdatedNumberScheduled
 	}
 	return 0
-}
-
-// templateView is what the decisions read of a workload's pod template:
-// a pod of it, with the tolerations a DaemonSet gives its pods.
-func templateView(obj client.Object) keepalive.PodView {
-	t := podTemplate(obj)
-	v := keepalive.PodView{Labels: t.Labels, Annotations: t.Annotations, HostNetwork: t.Spec.HostNetwork, Sysctls: templateSysctls(t),
-		Placement: keepalive.Placement{NodeName: t.Spec.NodeName, NodeSelector: t.Spec.NodeSelector, Tolerations: t.Spec.Tolerations}}
-	if t.Spec.OS != nil {
-		v.OS = string(t.Spec.OS.Name)
-	}
-	if t.Spec.Affinity != nil {
-		v.Placement.NodeAffinity = t.Spec.Affinity.NodeAffinity
-	}
-	if _, ok := obj.(*appsv1.DaemonSet); ok {
-		v.Placement.Tolerations = append(slices.Clone(t.Spec.Tolerations), keepalive.DaemonSetTolerations...)
-	}
-	return v
 }
 
 // templatePatch is a JSON merge patch that sets the workload's template

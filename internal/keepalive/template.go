@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
@@ -173,4 +175,52 @@ func lookup(sysctls []corev1.Sysctl, name string) entry {
 		return entry{sysctls[i].Value, true}
 	}
 	return entry{}
+}
+
+// PodTemplate returns the pod template of a workload whose template the
+// operator patches (Deployment, StatefulSet, DaemonSet, ReplicaSet, CronJob),
+// nil for anything else.
+func PodTemplate(obj any) *corev1.PodTemplateSpec {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return &o.Spec.Template
+	case *appsv1.StatefulSet:
+		return &o.Spec.Template
+	case *appsv1.DaemonSet:
+		return &o.Spec.Template
+	case *appsv1.ReplicaSet:
+		return &o.Spec.Template
+	case *batchv1.CronJob:
+		return &o.Spec.JobTemplate.Spec.Template
+	}
+	return nil
+}
+
+// TemplateView is what the decisions read of a workload's pod template
+// (PodTemplate): a pod of it, with the tolerations a DaemonSet gives its
+// pods.
+func TemplateView(obj any) PodView {
+	t := PodTemplate(obj)
+	v := SpecView(t.Labels, t.Annotations, &t.Spec)
+	if _, ok := obj.(*appsv1.DaemonSet); ok {
+		v.Placement.Tolerations = append(slices.Clone(t.Spec.Tolerations), DaemonSetTolerations...)
+	}
+	return v
+}
+
+// SpecView is what the decisions read of a pod with these labels,
+// annotations and spec.
+func SpecView(labels, annotations map[string]string, spec *corev1.PodSpec) PodView {
+	v := PodView{Labels: labels, Annotations: annotations, HostNetwork: spec.HostNetwork,
+		Placement: Placement{NodeName: spec.NodeName, NodeSelector: spec.NodeSelector, Tolerations: spec.Tolerations}}
+	if spec.SecurityContext != nil {
+		v.Sysctls = spec.SecurityContext.Sysctls
+	}
+	if spec.OS != nil {
+		v.OS = string(spec.OS.Name)
+	}
+	if spec.Affinity != nil {
+		v.Placement.NodeAffinity = spec.Affinity.NodeAffinity
+	}
+	return v
 }

@@ -2,10 +2,14 @@ package keepalive
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
@@ -304,5 +308,52 @@ func TestManagedAnnotation(t *testing.T) {
 		if _, ok, err := ParseManaged(map[string]string{AnnotationManagedSysctls: bad}); err == nil || !ok {
 			t.Errorf("ParseManaged(%s): ok=%v err=%v, want an error", bad, ok, err)
 		}
+	}
+}
+
+func TestTemplateView(t *testing.T) {
+	spec := corev1.PodSpec{
+		HostNetwork:     true,
+		OS:              &corev1.PodOS{Name: corev1.Linux},
+		NodeSelector:    map[string]string{"pool": "a"},
+		Tolerations:     []corev1.Toleration{{Key: "gpu", Operator: corev1.TolerationOpExists}},
+		Affinity:        &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{}},
+		SecurityContext: &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: SysctlTime, Value: "60"}}},
+	}
+	template := corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "api"}, Annotations: map[string]string{"a": "b"}},
+		Spec:       spec,
+	}
+	want := PodView{
+		Labels: map[string]string{"app": "api"}, Annotations: map[string]string{"a": "b"}, HostNetwork: true, OS: "linux",
+		Sysctls:   spec.SecurityContext.Sysctls,
+		Placement: Placement{NodeSelector: spec.NodeSelector, NodeAffinity: spec.Affinity.NodeAffinity, Tolerations: spec.Tolerations},
+	}
+	tests := map[string]struct {
+		obj  any
+		want PodView
+	}{
+		"Deployment": {obj: &appsv1.Deployment{Spec: appsv1.DeploymentSpec{Template: template}}, want: want},
+		"CronJob": {obj: &batchv1.CronJob{Spec: batchv1.CronJobSpec{JobTemplate: batchv1.JobTemplateSpec{
+			Spec: batchv1.JobSpec{Template: template}}}}, want: want},
+		"DaemonSet, with the tolerations its controller adds": {obj: &appsv1.DaemonSet{Spec: appsv1.DaemonSetSpec{Template: template}},
+			want: func() PodView {
+				v := want
+				v.Placement.Tolerations = append(slices.Clone(spec.Tolerations), DaemonSetTolerations...)
+				return v
+			}()},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, TemplateView(tc.obj)); diff != "" {
+				t.Errorf("TemplateView (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if got := SpecView(nil, nil, &corev1.PodSpec{}); !cmp.Equal(got, PodView{}) {
+		t.Errorf("SpecView of an empty spec = %+v, want the zero view", got)
+	}
+	if PodTemplate(&corev1.Pod{}) != nil || PodTemplate(&batchv1.Job{}) != nil {
+		t.Error("PodTemplate returned a template for a Pod or a Job, whose templates the operator does not patch")
 	}
 }
