@@ -140,8 +140,9 @@ verify: manifests generate ## Fail when generated files, go.mod or formatting ar
 ##@ Build
 
 .PHONY: build
-build: generate fmt vet ## Build the operator binary into bin/.
+build: generate fmt vet ## Build the operator and its kubectl plugin (kubectl-keepalive) into bin/.
 	go build -o $(LOCALBIN)/keepalive-operator ./cmd/keepalive-operator
+	go build -o $(LOCALBIN)/kubectl-keepalive ./cmd/kubectl-keepalive
 
 .PHONY: run
 run: manifests generate ## Run the operator against the cluster of the current kubeconfig.

@@ -1,0 +1,71 @@
+// Command kubectl-keepalive is the operator's kubectl plugin (kubectl
+// keepalive). Its answers come from the same decisions as the operator's
+// (internal/keepalive), so that they are the operator's answers.
+//
+//	kubectl keepalive render -f DIR_OR_FILE --policies FILE [--check | --write]
+package main
+
+import (
+	"io"
+	"os"
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
+)
+
+func main() {
+	if err := newRoot(os.Stdin, os.Stdout, os.Stderr).Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func newRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:          "kubectl-keepalive",
+		Short:        "Keepalive sysctls for pods, as keepalive-operator decides them",
+		SilenceUsage: true,
+	}
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(newRender(stdin, stdout, stderr))
+	return root
+}
+
+func newRender(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	var o renderOptions
+	cmd := &cobra.Command{
+		Use:   "render -f FILE_OR_DIR --policies FILE",
+		Short: "Merge the policies' values into the pod templates of manifests, offline",
+		Long: `render merges the keepalive sysctls into the pod templates of manifests
+(Deployments, StatefulSets, DaemonSets, ReplicaSets, CronJobs, Pods), as the
+operator would: the reconciler's decision for a workload's template, the
+webhook's for a Pod. Entries keep their places and only the values that
+change are rewritten; every other byte stays as it is. Put the result in
+Git, and Argo CD and Flux find nothing to undo.
+
+It needs no cluster: the policies come from --policies, the labels of a
+namespace from a Namespace among the inputs (else it has only
+kubernetes.io/metadata.name), and the objects without a namespace are in
+--namespace. The values are written as the manifest's own, without the
+operator's record.`,
+		Example: `  kubectl keepalive render -f deploy/ --policies policies.yaml --write
+  kustomize build overlays/prod | kubectl keepalive render -f - --policies policies.yaml
+  helm template my-release ./chart | kubectl keepalive render -f - --policies policies.yaml --check`,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error { return runRender(o, stdin, stdout, stderr) },
+	}
+	f := cmd.Flags()
+	f.StringSliceVarP(&o.files, "filename", "f", nil, "Manifests: a file, a folder (its .yaml and .yml files, recursively) or - for standard input; repeatable.")
+	f.StringVar(&o.policies, "policies", "", "File of the KeepalivePolicies and ClusterKeepalivePolicies to apply (Namespaces in it give their labels).")
+	f.StringVarP(&o.namespace, "namespace", "n", "default", "Namespace of the objects and KeepalivePolicies that name none.")
+	f.StringVar(&o.version, "kubernetes-version", "1."+strconv.Itoa(keepalive.FirstSafeMinor),
+		"Kubernetes version of the cluster; before 1.29 the sysctls are unsafe and nothing is rendered. Every release from 1.29 on decides alike.")
+	f.StringVar(&o.operatorNS, "operator-namespace", "keepalive-system", "The operator's namespace, which it never injects (its --operator-namespace).")
+	f.StringSliceVar(&o.excluded, "excluded-namespaces", nil, "Namespaces the operator leaves alone (its --excluded-namespaces).")
+	f.BoolVar(&o.check, "check", false, "Write nothing; list what would change and exit 1 if anything would (for CI).")
+	f.BoolVarP(&o.write, "write", "w", false, "Write the changes back into the files instead of printing the manifests.")
+	return cmd
+}

@@ -1,0 +1,463 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
+)
+
+// renderOptions are the flags of `kubectl keepalive render`.
+type renderOptions struct {
+	files      []string
+	policies   string
+	namespace  string
+	version    string
+	operatorNS string
+	excluded   []string
+	write      bool
+	check      bool
+}
+
+// podSpecPaths is where each kind that render handles keeps its pod spec.
+// The workload kinds are those whose template the operator patches
+// (keepalive.PodTemplate); a Pod gets what the webhook would give it.
+var podSpecPaths = map[string][]string{
+	"Pod":         {"spec"},
+	"Deployment":  {"spec", "template", "spec"},
+	"StatefulSet": {"spec", "template", "spec"},
+	"DaemonSet":   {"spec", "template", "spec"},
+	"ReplicaSet":  {"spec", "template", "spec"},
+	"CronJob":     {"spec", "jobTemplate", "spec", "template", "spec"},
+}
+
+// newObject returns an empty object of a kind render handles.
+func newObject(kind string) any {
+	switch kind {
+	case "Pod":
+		return &corev1.Pod{}
+	case "Deployment":
+		return &appsv1.Deployment{}
+	case "StatefulSet":
+		return &appsv1.StatefulSet{}
+	case "DaemonSet":
+		return &appsv1.DaemonSet{}
+	case "ReplicaSet":
+		return &appsv1.ReplicaSet{}
+	case "CronJob":
+		return &batchv1.CronJob{}
+	}
+	return nil
+}
+
+// podSpec returns the pod spec of an object of newObject.
+func podSpec(obj any) *corev1.PodSpec {
+	if pod, ok := obj.(*corev1.Pod); ok {
+		return &pod.Spec
+	}
+	return &keepalive.PodTemplate(obj).Spec
+}
+
+// input is one file, or standard input ("-"), as read.
+type input struct {
+	name string
+	raw  []byte
+}
+
+// change is what render did, or would do, to one object.
+type change struct {
+	object string // Kind namespace/name
+	policy string
+	from   []corev1.Sysctl
+	to     []corev1.Sysctl
+}
+
+func (c change) String() string {
+	return fmt.Sprintf("%s: %s (%s; before: %s)", c.object, keepalive.Describe(keepaliveOf(c.to)), c.policy, keepalive.Describe(keepaliveOf(c.from)))
+}
+
+// keepaliveOf keeps the keepalive sysctls of a list.
+func keepaliveOf(sysctls []corev1.Sysctl) []corev1.Sysctl {
+	return slices.DeleteFunc(slices.Clone(sysctls), func(s corev1.Sysctl) bool {
+		return !slices.Contains([]string{keepalive.SysctlTime, keepalive.SysctlInterval, keepalive.SysctlProbes}, s.Name)
+	})
+}
+
+// renderer holds what render decides with: the policies, the namespaces'
+// labels and the cluster.
+type renderer struct {
+	namespace  string
+	namespaced []keepalive.Policy
+	cluster    []keepalive.Policy
+	labels     map[string]map[string]string
+	c          keepalive.Cluster
+}
+
+// runRender renders the inputs into out (or back into their files with
+// --write) and reports each change to log. With --check it writes nothing
+// and fails when something would change.
+func runRender(o renderOptions, stdin io.Reader, out, log io.Writer) error {
+	if len(o.files) == 0 {
+		return errors.New("render: -f is required (a file, a folder, or - for standard input)")
+	}
+	if o.policies == "" {
+		return errors.New("render: --policies is required")
+	}
+	minor, err := parseVersion(o.version)
+	if err != nil {
+		return err
+	}
+	if o.write && o.check {
+		return errors.New("render: --write and --check exclude each other")
+	}
+	inputs, err := readInputs(o.files, stdin)
+	if err != nil {
+		return err
+	}
+	if o.write && slices.ContainsFunc(inputs, func(in input) bool { return in.name == "-" }) {
+		return errors.New("render: --write cannot write back to standard input")
+	}
+	rawPolicies, err := os.ReadFile(o.policies)
+	if err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	r := &renderer{namespace: o.namespace, labels: map[string]map[string]string{},
+		c: keepalive.Cluster{Minor: minor, OperatorNamespace: o.operatorNS, ExcludedNamespaces: o.excluded}}
+	if err := r.readPolicies(o.policies, rawPolicies); err != nil {
+		return err
+	}
+	for _, in := range inputs {
+		r.readNamespaces(in.raw)
+	}
+
+	var changes []change
+	endsLine := true
+	for i, in := range inputs {
+		rendered, ch, err := r.render(in.raw)
+		if err != nil {
+			return fmt.Errorf("render %s: %w", in.name, err)
+		}
+		changes = append(changes, ch...)
+		switch {
+		case o.check:
+		case o.write:
+			if len(ch) > 0 {
+				if err := os.WriteFile(in.name, rendered, 0o644); err != nil {
+					return fmt.Errorf("render: %w", err)
+				}
+			}
+		default:
+			if i > 0 {
+				// Each file starts a document of its own.
+				sep := "---\n"
+				if !endsLine {
+					sep = "\n" + sep
+				}
+				if _, err := io.WriteString(out, sep); err != nil {
+					return err
+				}
+			}
+			if _, err := out.Write(rendered); err != nil {
+				return err
+			}
+			if len(rendered) > 0 {
+				endsLine = rendered[len(rendered)-1] == '\n'
+			}
+		}
+	}
+	for _, c := range changes {
+		fmt.Fprintln(log, c)
+	}
+	switch {
+	case !o.check || len(changes) == 0:
+	case len(changes) == 1:
+		return errors.New("render --check: 1 object would change")
+	default:
+		return fmt.Errorf("render --check: %d objects would change", len(changes))
+	}
+	return nil
+}
+
+// parseVersion reads a Kubernetes version such as 1.29 or v1.36.3 and
+// returns its minor.
+func parseVersion(v string) (int, error) {
+	parts := strings.Split(strings.TrimPrefix(v, "v"), ".")
+	if len(parts) < 2 || parts[0] != "1" {
+		return 0, fmt.Errorf("render: --kubernetes-version %q is not a version such as 1.29", v)
+	}
+	minor, err := strconv.Atoi(parts[1])
+	if err != nil {
+		return 0, fmt.Errorf("render: --kubernetes-version %q is not a version such as 1.29", v)
+	}
+	return minor, nil
+}
+
+// readInputs reads the files named, the YAML files of folders (recursively,
+// in lexical order), and standard input for "-".
+func readInputs(names []string, stdin io.Reader) ([]input, error) {
+	var out []input
+	for _, name := range names {
+		if name == "-" {
+			raw, err := io.ReadAll(stdin)
+			if err != nil {
+				return nil, fmt.Errorf("render: read standard input: %w", err)
+			}
+			out = append(out, input{name: "-", raw: raw})
+			continue
+		}
+		err := filepath.WalkDir(name, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() || path != name && !slices.Contains([]string{".yaml", ".yml"}, filepath.Ext(path)) {
+				return nil
+			}
+			raw, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			out = append(out, input{name: path, raw: raw})
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("render: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// separator is a line that starts a YAML document.
+var separator = regexp.MustCompile(`^---(\s|$)`)
+
+// documents splits a YAML stream into its documents, each with the
+// separator line that starts it: joined again, they are the stream.
+func documents(raw []byte) [][]byte {
+	var docs [][]byte
+	start := 0
+	for off := 0; off < len(raw); {
+		end := bytes.IndexByte(raw[off:], '\n')
+		if end < 0 {
+			end = len(raw)
+		} else {
+			end += off + 1
+		}
+		if off > start && separator.Match(raw[off:end]) {
+			docs = append(docs, raw[start:off])
+			start = off
+		}
+		off = end
+	}
+	return append(docs, raw[start:])
+}
+
+// typeMeta reads the kind and namespace of a document.
+func typeMeta(doc []byte) (kind, namespace, name string, ok bool) {
+	var meta struct {
+		metav1.TypeMeta   `json:",inline"`
+		metav1.ObjectMeta `json:"metadata"`
+	}
+	if err := sigsyaml.Unmarshal(doc, &meta); err != nil || meta.Kind == "" {
+		return "", "", "", false
+	}
+	return meta.Kind, meta.Namespace, meta.Name, true
+}
+
+// readPolicies compiles the policies of a file, with the namespaces it
+// holds.
+func (r *renderer) readPolicies(name string, raw []byte) error {
+	for i, doc := range documents(raw) {
+		kind, _, _, ok := typeMeta(doc)
+		if !ok {
+			continue
+		}
+		var (
+			pol keepalive.Policy
+			err error
+		)
+		switch kind {
+		case keepalive.KindKeepalivePolicy:
+			var p v1alpha1.KeepalivePolicy
+			if err = sigsyaml.UnmarshalStrict(doc, &p); err == nil {
+				if p.Namespace == "" {
+					p.Namespace = r.namespace
+				}
+				pol, err = keepalive.NewPolicy(&p)
+				r.namespaced = append(r.namespaced, pol)
+			}
+		case keepalive.KindClusterKeepalivePolicy:
+			var p v1alpha1.ClusterKeepalivePolicy
+			if err = sigsyaml.UnmarshalStrict(doc, &p); err == nil {
+				pol, err = keepalive.NewClusterPolicy(&p)
+				r.cluster = append(r.cluster, pol)
+			}
+		case "Namespace":
+			r.readNamespaces(doc)
+			continue
+		default:
+			return fmt.Errorf("render: %s, document %d: a %s is not a policy", name, i+1, kind)
+		}
+		if err != nil {
+			return fmt.Errorf("render: %s, document %d (%s): %w", name, i+1, kind, err)
+		}
+	}
+	if len(r.namespaced)+len(r.cluster) == 0 {
+		return fmt.Errorf("render: %s holds no KeepalivePolicy or ClusterKeepalivePolicy", name)
+	}
+	return nil
+}
+
+// readNamespaces records the labels of the Namespaces of a stream.
+func (r *renderer) readNamespaces(raw []byte) {
+	for _, doc := range documents(raw) {
+		if kind, _, _, ok := typeMeta(doc); !ok || kind != "Namespace" {
+			continue
+		}
+		var ns corev1.Namespace
+		if err := sigsyaml.Unmarshal(doc, &ns); err == nil {
+			r.labels[ns.Name] = ns.Labels
+		}
+	}
+}
+
+// namespaceOf is a namespace as the decisions read it: with the labels of
+// its Namespace among the inputs, else with the one label the API server
+// gives every namespace.
+func (r *renderer) namespaceOf(name string) keepalive.Namespace {
+	labels, ok := r.labels[name]
+	if !ok {
+		labels = map[string]string{corev1.LabelMetadataName: name}
+	}
+	return keepalive.Namespace{Name: name, Labels: labels}
+}
+
+// render renders the documents of one input.
+func (r *renderer) render(raw []byte) ([]byte, []change, error) {
+	var out bytes.Buffer
+	var changes []change
+	for i, doc := range documents(raw) {
+		rendered, ch, err := r.renderDocument(doc)
+		if err != nil {
+			return nil, nil, fmt.Errorf("document %d: %w", i+1, err)
+		}
+		out.Write(rendered)
+		if ch != nil {
+			changes = append(changes, *ch)
+		}
+	}
+	return out.Bytes(), changes, nil
+}
+
+// renderDocument merges the values into one document, when it is an object
+// of a kind render handles that a policy selects, and returns it otherwise
+// as it is.
+func (r *renderer) renderDocument(doc []byte) ([]byte, *change, error) {
+	kind, namespace, name, ok := typeMeta(doc)
+	path, handled := podSpecPaths[kind]
+	if !ok || !handled {
+		return doc, nil, nil
+	}
+	obj := newObject(kind)
+	if err := sigsyaml.Unmarshal(doc, obj); err != nil {
+		return nil, nil, fmt.Errorf("%s %s: %w", kind, name, err)
+	}
+	if namespace == "" {
+		namespace = r.namespace
+	}
+	ns := r.namespaceOf(namespace)
+	spec := podSpec(obj)
+	var current []corev1.Sysctl
+	if spec.SecurityContext != nil {
+		current = spec.SecurityContext.Sysctls
+	}
+
+	// What the operator would do: the webhook's decision for a Pod, the
+	// reconciler's for a workload's template, its values as the user's own.
+	var (
+		want   []corev1.Sysctl
+		policy *keepalive.Policy
+	)
+	if pod, isPod := obj.(*corev1.Pod); isPod {
+		d := keepalive.Decide(keepalive.SpecView(pod.Labels, pod.Annotations, spec), ns, r.c, r.namespaced, r.cluster)
+		want, policy = current, d.Policy
+		if d.Skip == "" && d.Sysctls != nil {
+			want = d.Sysctls
+		}
+	} else {
+		t := keepalive.DesiredTemplate(keepalive.TemplateView(obj), nil, ns, r.c, r.namespaced, r.cluster)
+		want, policy = t.Sysctls, t.Policy
+	}
+	if slices.Equal(want, current) {
+		return doc, nil, nil
+	}
+
+	rendered, err := spliceSysctls(doc, path, current, want)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s %s/%s: %w", kind, namespace, name, err)
+	}
+	if err := sameButSysctls(obj, rendered, want); err != nil {
+		return nil, nil, fmt.Errorf("%s %s/%s: %w", kind, namespace, name, err)
+	}
+	ch := &change{object: kind + " " + namespace + "/" + name, from: current, to: want}
+	if policy != nil {
+		ch.policy = policy.Ref.String()
+	}
+	return rendered, ch, nil
+}
+
+// sameButSysctls checks that a rendered document decodes to the object it
+// was rendered from with the wanted sysctls and nothing else changed.
+func sameButSysctls(before any, rendered []byte, want []corev1.Sysctl) error {
+	kind, _, _, _ := typeMeta(rendered)
+	after := newObject(kind)
+	if after == nil {
+		return errors.New("the rendered document lost its kind")
+	}
+	if err := sigsyaml.Unmarshal(rendered, after); err != nil {
+		return fmt.Errorf("the rendered document does not decode: %w", err)
+	}
+	expected := deepCopy(before)
+	spec := podSpec(expected)
+	if spec.SecurityContext == nil {
+		spec.SecurityContext = &corev1.PodSecurityContext{}
+	}
+	spec.SecurityContext.Sysctls = want
+	if !equality.Semantic.DeepEqual(expected, after) {
+		return errors.New("rendering would change more than the pod's sysctls; the document is left unrendered")
+	}
+	return nil
+}
+
+func deepCopy(obj any) any {
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		return o.DeepCopy()
+	case *appsv1.Deployment:
+		return o.DeepCopy()
+	case *appsv1.StatefulSet:
+		return o.DeepCopy()
+	case *appsv1.DaemonSet:
+		return o.DeepCopy()
+	case *appsv1.ReplicaSet:
+		return o.DeepCopy()
+	case *batchv1.CronJob:
+		return o.DeepCopy()
+	}
+	return nil
+}
