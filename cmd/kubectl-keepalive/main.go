@@ -2,6 +2,7 @@
 // keepalive). Its answers come from the same decisions as the operator's
 // (internal/keepalive), so that they are the operator's answers.
 //
+//	kubectl keepalive explain KIND/NAME [-n NAMESPACE] [-o json|yaml]
 //	kubectl keepalive render -f DIR_OR_FILE --policies FILE [--check | --write]
 package main
 
@@ -11,6 +12,7 @@ import (
 	"strconv"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 )
@@ -30,8 +32,43 @@ func newRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newRender(stdin, stdout, stderr))
+	root.AddCommand(newRender(stdin, stdout, stderr), newExplain(stdout))
 	return root
+}
+
+func newExplain(stdout io.Writer) *cobra.Command {
+	var o explainOptions
+	var cluster *clusterFlags
+	cmd := &cobra.Command{
+		Use:   "explain KIND/NAME",
+		Short: "Why a pod or workload has, or lacks, the keepalive values",
+		Long: `explain reads the live cluster and decides as the operator does: the
+policies in force that select the pod or workload, which one governs and
+why it wins over the others, why it is left alone if it is, the keepalive
+sysctls it has and those it would get (a pod's at admission, a workload's
+template), the operator's record on a workload's template, and a pod's
+connections as the audit of its node last saw them. It writes nothing.
+
+KIND is pod, deploy, sts, ds, rs or cronjob (or their long names).`,
+		Example: `  kubectl keepalive explain pod/api-7d9c5-x2x9q -n shop
+  kubectl keepalive explain deploy/api -n shop -o yaml`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runExplain(cmd.Context(), args[0], o, cluster, stdout)
+		},
+	}
+	f := cmd.Flags()
+	cluster = addClusterFlags(f)
+	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
+	addOperatorFlags(f, &o.operatorNS, &o.excluded)
+	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed: every kubelet allows the sysctls, which matters before 1.29.")
+	return cmd
+}
+
+// addOperatorFlags adds the operator's flags that its decisions read.
+func addOperatorFlags(f *pflag.FlagSet, operatorNS *string, excluded *[]string) {
+	f.StringVar(operatorNS, "operator-namespace", "keepalive-system", "The operator's namespace, which it never injects (its --operator-namespace).")
+	f.StringSliceVar(excluded, "excluded-namespaces", nil, "Namespaces the operator leaves alone (its --excluded-namespaces).")
 }
 
 func newRender(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
@@ -63,8 +100,7 @@ operator's record.`,
 	f.StringVarP(&o.namespace, "namespace", "n", "default", "Namespace of the objects and KeepalivePolicies that name none.")
 	f.StringVar(&o.version, "kubernetes-version", "1."+strconv.Itoa(keepalive.FirstSafeMinor),
 		"Kubernetes version of the cluster; before 1.29 the sysctls are unsafe and nothing is rendered. Every release from 1.29 on decides alike.")
-	f.StringVar(&o.operatorNS, "operator-namespace", "keepalive-system", "The operator's namespace, which it never injects (its --operator-namespace).")
-	f.StringSliceVar(&o.excluded, "excluded-namespaces", nil, "Namespaces the operator leaves alone (its --excluded-namespaces).")
+	addOperatorFlags(f, &o.operatorNS, &o.excluded)
 	f.BoolVar(&o.check, "check", false, "Write nothing; list what would change and exit 1 if anything would (for CI).")
 	f.BoolVarP(&o.write, "write", "w", false, "Write the changes back into the files instead of printing the manifests.")
 	return cmd

@@ -181,6 +181,22 @@ func precedes(a, b *Policy) bool {
 	) < 0
 }
 
+// Precedence says why a governs rather than b when both apply: the first
+// of Select's rules that tells them apart.
+func Precedence(a, b *Policy) string {
+	av, bv := a.Result.Values, b.Result.Values
+	switch {
+	case auditRank(a.Mode) != auditRank(b.Mode):
+		return "Enforce comes before Audit"
+	case av.TimeSeconds != bv.TimeSeconds:
+		return fmt.Sprintf("a shorter time (%d s against %d s)", av.TimeSeconds, bv.TimeSeconds)
+	case av.IntervalSeconds != bv.IntervalSeconds:
+		return fmt.Sprintf("a shorter interval (%d s against %d s)", av.IntervalSeconds, bv.IntervalSeconds)
+	default:
+		return "the same time and interval, and the name comes first"
+	}
+}
+
 func auditRank(m v1alpha1.Mode) int {
 	if m == v1alpha1.ModeAudit {
 		return 1

@@ -247,3 +247,37 @@ func TestSharedLists(t *testing.T) {
 		t.Error("a list kept before Reset was shared after it")
 	}
 }
+
+func TestPrecedence(t *testing.T) {
+	policy := func(name string, spec *testobj.SpecWrapper) Policy {
+		p, err := NewClusterPolicy(spec.ClusterPolicy(name, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	nlb := policy("nlb", testobj.Spec().Preset(v1alpha1.PresetAWSNLB))                              // 175/30/9
+	alb := policy("alb", testobj.Spec().Preset(v1alpha1.PresetAWSALB))                              // 30/10/9
+	audit := policy("audit", testobj.Spec().Preset(v1alpha1.PresetAWSALB).Mode(v1alpha1.ModeAudit)) // 30/10/9
+	slowProbe := policy("slow", testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Interval(60))          // 175/60/9
+	twin := policy("twin", testobj.Spec().Preset(v1alpha1.PresetAWSNLB))                            // 175/30/9
+	tests := map[string]struct {
+		a, b Policy
+		want string
+	}{
+		"mode":     {a: nlb, b: audit, want: "Enforce comes before Audit"},
+		"time":     {a: alb, b: nlb, want: "a shorter time (30 s against 175 s)"},
+		"interval": {a: nlb, b: slowProbe, want: "a shorter interval (30 s against 60 s)"},
+		"name":     {a: nlb, b: twin, want: "the same time and interval, and the name comes first"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got, ok := Select(Target{Namespace: "shop"}, []Policy{tc.b, tc.a}); !ok || got.Ref != tc.a.Ref {
+				t.Fatalf("Select chose %v, the case expects %v", got.Ref, tc.a.Ref)
+			}
+			if got := Precedence(&tc.a, &tc.b); got != tc.want {
+				t.Errorf("Precedence = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

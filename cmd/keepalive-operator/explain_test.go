@@ -1,0 +1,155 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os/exec"
+	"sync"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega/gexec"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
+	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
+)
+
+var (
+	pluginOnce sync.Once
+	plugin     string
+)
+
+// kubectlKeepalive runs the plugin against the suite's API server and
+// returns its standard output; it fails the spec when the plugin fails.
+func kubectlKeepalive(args ...string) []byte {
+	pluginOnce.Do(func() {
+		var err error
+		plugin, err = gexec.Build("github.com/keepalive-operator/keepalive-operator/cmd/kubectl-keepalive")
+		Expect(err).NotTo(HaveOccurred())
+	})
+	cmd := exec.Command(plugin, append(args, "--kubeconfig", env.Kubeconfig)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	ExpectWithOffset(1, err).NotTo(HaveOccurred(), stderr.String())
+	return out
+}
+
+// explanation is the JSON of kubectl keepalive explain, decoded.
+type explanation struct {
+	Object   string `json:"object"`
+	Policies []struct {
+		Policy string `json:"policy"`
+		Ready  string `json:"ready"`
+	} `json:"policies"`
+	Governing   string                   `json:"governing"`
+	Over        map[string]string        `json:"over"`
+	Skipped     string                   `json:"skipped"`
+	Has         []corev1.Sysctl          `json:"has"`
+	WouldGet    []corev1.Sysctl          `json:"wouldGet"`
+	Annotation  string                   `json:"annotation"`
+	Record      *keepalive.Managed       `json:"record"`
+	Connections *v1alpha1.PodConnections `json:"connections"`
+}
+
+func explainJSON(target, namespace string) explanation {
+	var e explanation
+	ExpectWithOffset(1, json.Unmarshal(kubectlKeepalive("explain", target, "-n", namespace, "-o", "json"), &e)).To(Succeed())
+	return e
+}
+
+var _ = Describe("kubectl keepalive explain", func() {
+	It("tells which policy governs a pod and why, what it has and would get, its connections, and why a pod is left alone", func(ctx SpecContext) {
+		start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0")
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "explain-"}}
+		Expect(k8sClient.Create(ctx, ns)).To(Succeed())
+		nlb := testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy(ns.Name, "nlb")
+		trial := testobj.Spec().Preset(v1alpha1.PresetAWSALB).Mode(v1alpha1.ModeAudit).Policy(ns.Name, "trial")
+		for _, p := range []*v1alpha1.KeepalivePolicy{nlb, trial} {
+			Expect(k8sClient.Create(ctx, p)).To(Succeed())
+			DeferCleanup(func(ctx context.Context) { Expect(k8sClient.Delete(ctx, p)).To(Succeed()) })
+		}
+		nlbRef, trialRef := "KeepalivePolicy/"+ns.Name+"/nlb", "KeepalivePolicy/"+ns.Name+"/trial"
+		values := []corev1.Sysctl{{Name: keepalive.SysctlTime, Value: "175"}, {Name: keepalive.SysctlInterval, Value: "30"}, {Name: keepalive.SysctlProbes, Value: "9"}}
+
+		By("a pod the webhook injected, on a node whose audit reports its connections")
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-explain"}}
+		Expect(k8sClient.Create(ctx, node)).To(Succeed())
+		DeferCleanup(func(ctx context.Context) { Expect(k8sClient.Delete(ctx, node)).To(Succeed()) })
+		node.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: "v1.36.3", KernelVersion: "6.1.0"}
+		Expect(k8sClient.Status().Update(ctx, node)).To(Succeed())
+		var pod *corev1.Pod
+		Eventually(func() map[string]string {
+			pod = testobj.MakePod(ns.Name, "").Labels(map[string]string{"app": "api"}).Node("node-explain").Obj()
+			pod.GenerateName = "api-"
+			if err := k8sClient.Create(ctx, pod); err != nil {
+				return nil
+			}
+			if pod.Annotations[keepalive.AnnotationPolicy] == "" {
+				Expect(k8sClient.Delete(ctx, pod)).To(Succeed()) // created before the webhook knew the policy
+			}
+			return pod.Annotations
+		}, 20*time.Second).Should(HaveKeyWithValue(keepalive.AnnotationPolicy, nlbRef))
+		status := v1alpha1.KeepaliveNodeReportStatus{AuditTime: metav1.Now(), ValidSeconds: 720, IntervalSeconds: 60, PodCount: 1,
+			Pods: []v1alpha1.PodConnections{{Namespace: ns.Name, Name: pod.Name, Policies: []v1alpha1.PolicyConnections{{
+				Policy: nlbRef, TimeSeconds: 175, ConnectionCounts: v1alpha1.ConnectionCounts{Armed: 2, NotArmed: 1}}}}}}
+		// The agent writes its report whole: status is no subresource.
+		report := &v1alpha1.KeepaliveNodeReport{ObjectMeta: metav1.ObjectMeta{Name: "node-explain"}, Status: status}
+		Expect(k8sClient.Create(ctx, report)).To(Succeed())
+		DeferCleanup(func(ctx context.Context) { Expect(k8sClient.Delete(ctx, report)).To(Succeed()) })
+
+		Eventually(func(g Gomega) {
+			e := explainJSON("pod/"+pod.Name, ns.Name)
+			g.Expect(e.Object).To(Equal("Pod " + ns.Name + "/" + pod.Name))
+			g.Expect(e.Governing).To(Equal(nlbRef))
+			g.Expect(e.Over).To(Equal(map[string]string{trialRef: "Enforce comes before Audit"}))
+			g.Expect(e.Policies).To(HaveLen(2))
+			g.Expect(e.Policies[0].Policy).To(Equal(nlbRef))
+			for _, p := range e.Policies {
+				g.Expect(p.Ready).To(HavePrefix("True"), "the operator's status of %s", p.Policy)
+			}
+			g.Expect(e.Skipped).To(BeEmpty())
+			g.Expect(e.Has).To(Equal(values))
+			g.Expect(e.WouldGet).To(Equal(values))
+			g.Expect(e.Annotation).To(Equal(nlbRef))
+			g.Expect(e.Connections).NotTo(BeNil())
+			g.Expect(e.Connections.Policies).To(ConsistOf(HaveField("ConnectionCounts", v1alpha1.ConnectionCounts{Armed: 2, NotArmed: 1})))
+		}, 20*time.Second).Should(Succeed())
+
+		text := string(kubectlKeepalive("explain", "pod/"+pod.Name, "-n", ns.Name))
+		GinkgoWriter.Println(text)
+		Expect(text).To(ContainSubstring("governs: " + nlbRef + "\n    over " + trialRef + ": Enforce comes before Audit"))
+		Expect(text).To(ContainSubstring("connections (" + nlbRef + ", 175 s): armed 2, armed late 0, not armed 1, unknown 0"))
+
+		By("a hostNetwork pod, left alone")
+		hostNet := testobj.MakePod(ns.Name, "edge").Labels(map[string]string{"app": "edge"}).HostNetwork().Obj()
+		Expect(k8sClient.Create(ctx, hostNet)).To(Succeed())
+		e := explainJSON("pod/edge", ns.Name)
+		Expect(e.Governing).To(Equal(nlbRef))
+		Expect(e.Skipped).To(Equal(string(keepalive.SkipHostNetwork)))
+		Expect(e.Has).To(BeEmpty())
+		Expect(e.WouldGet).To(BeEmpty())
+
+		By("a Deployment: its template's values and the operator's record")
+		labels := map[string]string{"app": "api"}
+		deploy := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "api"}, Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: testobj.MakePod(ns.Name, "api").Obj().Spec},
+		}}
+		Expect(k8sClient.Create(ctx, deploy)).To(Succeed())
+		e = explainJSON("deploy/api", ns.Name)
+		Expect(e.Object).To(Equal("Deployment " + ns.Name + "/api"))
+		Expect(e.Governing).To(Equal(nlbRef))
+		Expect(e.WouldGet).To(Equal(values))
+		if e.Record != nil { // the operator patched it already
+			Expect(e.Record.Policy).To(Equal(nlbRef))
+			Expect(e.Has).To(Equal(values))
+		}
+	})
+})
