@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -14,6 +16,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
@@ -151,5 +155,80 @@ var _ = Describe("kubectl keepalive explain", func() {
 			Expect(e.Record.Policy).To(Equal(nlbRef))
 			Expect(e.Has).To(Equal(values))
 		}
+	})
+})
+
+// plan is the JSON of kubectl keepalive plan, decoded.
+type plan struct {
+	Policies []struct {
+		Policy string `json:"policy"`
+		Live   string `json:"live"`
+		Time   int32  `json:"timeSeconds"`
+	} `json:"policies"`
+	Pods struct {
+		Selected, Governed, Compliant, NewValues, AuditOnly, Blocked int
+	} `json:"pods"`
+	Blocked  map[string][]string `json:"blocked"`
+	Rollouts []string            `json:"rollouts"`
+	Waves    int                 `json:"waves"`
+}
+
+var _ = Describe("kubectl keepalive plan", func() {
+	It("tells what a policy would compute, select, leave blocked and roll, writing nothing", func(ctx SpecContext) {
+		start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0")
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "plan-"}}
+		other := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "plan-other-"}}
+		for _, n := range []*corev1.Namespace{ns, other} {
+			Expect(k8sClient.Create(ctx, n)).To(Succeed())
+		}
+		labels := map[string]string{"app": "api"}
+		Expect(k8sClient.Create(ctx, testobj.MakePod(ns.Name, "api").Labels(labels).Obj())).To(Succeed())
+		Expect(k8sClient.Create(ctx, testobj.MakePod(ns.Name, "edge").Labels(labels).HostNetwork().Obj())).To(Succeed())
+		Expect(k8sClient.Create(ctx, testobj.MakePod(other.Name, "api").Labels(labels).Obj())).To(Succeed())
+		for _, name := range []string{"api", "web"} {
+			Expect(k8sClient.Create(ctx, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: name}, Spec: appsv1.DeploymentSpec{
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: testobj.MakePod(ns.Name, name).Obj().Spec},
+			}})).To(Succeed())
+		}
+		policy := testobj.Spec().Preset(v1alpha1.PresetAWSNLB).Policy("", "nlb")
+		policy.TypeMeta = metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "KeepalivePolicy"}
+		raw, err := sigsyaml.Marshal(policy)
+		Expect(err).NotTo(HaveOccurred())
+		file := filepath.Join(GinkgoT().TempDir(), "nlb.yaml")
+		Expect(os.WriteFile(file, raw, 0o644)).To(Succeed())
+		ref := "KeepalivePolicy/" + ns.Name + "/nlb"
+
+		var p plan
+		Expect(json.Unmarshal(kubectlKeepalive("plan", "-f", file, "-n", ns.Name, "-o", "json", "--max-concurrent-rollouts", "1"), &p)).To(Succeed())
+		Expect(p.Policies).To(HaveLen(1))
+		Expect(p.Policies[0].Policy).To(Equal(ref))
+		Expect(p.Policies[0].Live).To(Equal("new"))
+		Expect(p.Policies[0].Time).To(BeEquivalentTo(175))
+		Expect(p.Pods.Selected).To(Equal(2), "the pods of the other namespace are out of the policy's scope")
+		Expect(p.Pods.Governed).To(Equal(2))
+		Expect(p.Pods.NewValues).To(Equal(1))
+		Expect(p.Pods.Blocked).To(Equal(1))
+		Expect(p.Blocked).To(Equal(map[string][]string{string(keepalive.SkipHostNetwork): {ns.Name + "/edge"}}))
+		Expect(p.Rollouts).To(Equal([]string{"Deployment " + ns.Name + "/api", "Deployment " + ns.Name + "/web"}))
+		Expect(p.Waves).To(Equal(2))
+
+		text := string(kubectlKeepalive("plan", "-f", file, "-n", ns.Name))
+		GinkgoWriter.Println(text)
+		Expect(text).To(ContainSubstring(ref + " (new): Enforce, rollout PatchTemplates\n  computes: time 175 s, interval 30 s, probes 9 (a dead peer found within 445 s), from aws-nlb (350 s)"))
+		Expect(text).To(ContainSubstring("  blocked, host-network: " + ns.Name + "/edge\n"))
+		Expect(text).To(ContainSubstring("rollouts: 2 workloads, in 1 wave of at most 5 at once:"))
+
+		By("the plan wrote nothing")
+		var kaps v1alpha1.KeepalivePolicyList
+		Expect(k8sClient.List(ctx, &kaps, client.InNamespace(ns.Name))).To(Succeed())
+		Expect(kaps.Items).To(BeEmpty())
+
+		By("planned again once applied")
+		policy.Namespace = ns.Name
+		Expect(k8sClient.Create(ctx, policy)).To(Succeed())
+		DeferCleanup(func(ctx context.Context) { Expect(k8sClient.Delete(ctx, policy)).To(Succeed()) })
+		Expect(json.Unmarshal(kubectlKeepalive("plan", "-f", file, "-n", ns.Name, "-o", "json"), &p)).To(Succeed())
+		Expect(p.Policies[0].Live).To(Equal("the same values as the live one"))
 	})
 })

@@ -264,9 +264,9 @@ func clusterOf(ctx context.Context, c client.Client, disco discovery.ServerVersi
 	return cluster, nil
 }
 
-// policiesInForce lists the policies that may apply in a namespace and are
-// in force (not being deleted, their spec computes), and the status of
-// each one's Ready condition.
+// policiesInForce lists the policies that may apply in a namespace ("" for
+// every namespace) and are in force (not being deleted, their spec
+// computes), and the status of each one's Ready condition.
 func policiesInForce(ctx context.Context, c client.Client, namespace string) (namespaced, cluster []keepalive.Policy, ready map[keepalive.Ref]string, err error) {
 	ready = map[keepalive.Ref]string{}
 	var kaps v1alpha1.KeepalivePolicyList

@@ -3,6 +3,7 @@
 // (internal/keepalive), so that they are the operator's answers.
 //
 //	kubectl keepalive explain KIND/NAME [-n NAMESPACE] [-o json|yaml]
+//	kubectl keepalive plan -f POLICY_FILE [-o json|yaml]
 //	kubectl keepalive render -f DIR_OR_FILE --policies FILE [--check | --write]
 package main
 
@@ -32,7 +33,7 @@ func newRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newRender(stdin, stdout, stderr), newExplain(stdout))
+	root.AddCommand(newRender(stdin, stdout, stderr), newExplain(stdout), newPlan(stdout))
 	return root
 }
 
@@ -62,6 +63,34 @@ KIND is pod, deploy, sts, ds, rs or cronjob (or their long names).`,
 	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
 	addOperatorFlags(f, &o.operatorNS, &o.excluded)
 	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed: every kubelet allows the sysctls, which matters before 1.29.")
+	return cmd
+}
+
+func newPlan(stdout io.Writer) *cobra.Command {
+	var o planOptions
+	var cluster *clusterFlags
+	cmd := &cobra.Command{
+		Use:   "plan -f POLICY_FILE",
+		Short: "What applying policies would do, against the live cluster, writing nothing",
+		Long: `plan reads policies from a file and the live cluster, and decides as the
+operator would with them applied (in place of live policies of the same
+names): the values each computes, the running pods they select and would
+govern (compliant already, getting the values when next created, under
+Audit, or blocked and why), and the workloads whose template the operator
+would change, and so roll, in waves of at most --max-concurrent-rollouts.
+It writes nothing.`,
+		Example: `  kubectl keepalive plan -f behind-nlb.yaml
+  kubectl keepalive plan -f policies.yaml -n shop -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runPlan(cmd.Context(), o, cluster, stdout) },
+	}
+	f := cmd.Flags()
+	cluster = addClusterFlags(f)
+	f.StringVarP(&o.file, "filename", "f", "", "File of the KeepalivePolicies and ClusterKeepalivePolicies to plan (those without a namespace are in -n).")
+	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
+	addOperatorFlags(f, &o.operatorNS, &o.excluded)
+	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed.")
+	f.IntVar(&o.maxRollouts, "max-concurrent-rollouts", 5, "The operator's --max-concurrent-rollouts: workloads rolled at once.")
 	return cmd
 }
 
