@@ -144,6 +144,15 @@ build: generate fmt vet ## Build the operator and its kubectl plugin (kubectl-ke
 	go build -o $(LOCALBIN)/keepalive-operator ./cmd/keepalive-operator
 	go build -o $(LOCALBIN)/kubectl-keepalive ./cmd/kubectl-keepalive
 
+# The kubectl plugin's release: OS/ARCH pairs, and the version its krew
+# manifest points at.
+PLUGIN_PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+VERSION ?= $(shell git describe --tags --always --dirty)
+
+.PHONY: plugin-release
+plugin-release: ## Build kubectl-keepalive for linux and darwin on amd64 and arm64 into bin/release: archives, checksums.txt and the krew manifest keepalive.yaml.
+	hack/plugin-release.sh $(VERSION) $(LOCALBIN)/release $(PLUGIN_PLATFORMS)
+
 .PHONY: run
 run: manifests generate ## Run the operator against the cluster of the current kubeconfig.
 	go run ./cmd/keepalive-operator --metrics-bind-address=0
