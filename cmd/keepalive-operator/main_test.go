@@ -214,13 +214,18 @@ var _ = Describe("the manager", func() {
 	})
 
 	It("takes the leader lease when leader election is on", func() {
+		// After the start: another spec may have left the lease, released.
+		started := time.Now().Truncate(time.Second)
 		start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0",
 			"--leader-elect", "--leader-election-namespace", operatorNS)
-		lease := &coordinationv1.Lease{}
-		Eventually(func() error {
-			return k8sClient.Get(context.Background(), client.ObjectKey{Namespace: operatorNS, Name: "keepalive-operator.keepalive.io"}, lease)
+		Eventually(func(g Gomega) {
+			lease := &coordinationv1.Lease{}
+			g.Expect(k8sClient.Get(context.Background(), client.ObjectKey{Namespace: operatorNS, Name: "keepalive-operator.keepalive.io"}, lease)).To(Succeed())
+			g.Expect(lease.Spec.HolderIdentity).NotTo(BeNil())
+			g.Expect(*lease.Spec.HolderIdentity).NotTo(BeEmpty())
+			g.Expect(lease.Spec.AcquireTime).NotTo(BeNil())
+			g.Expect(lease.Spec.AcquireTime.Time).To(BeTemporally(">=", started))
 		}, 30*time.Second).Should(Succeed())
-		Expect(lease.Spec.HolderIdentity).NotTo(BeNil())
 	})
 })
 

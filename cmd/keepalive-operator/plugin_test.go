@@ -3,7 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,9 +20,12 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"github.com/onsi/gomega/gexec"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	sigsyaml "sigs.k8s.io/yaml"
 
@@ -232,3 +242,113 @@ var _ = Describe("kubectl keepalive plan", func() {
 		Expect(p.Policies[0].Live).To(Equal("the same values as the live one"))
 	})
 })
+
+// finding is one finding of kubectl keepalive doctor.
+type finding struct {
+	Check, Status, Detail, Fix string
+}
+
+var _ = Describe("kubectl keepalive doctor", func() {
+	It("reports the cluster's readiness, each finding with what to do", func(ctx SpecContext) {
+		start("--health-probe-bind-address", freeAddr(), "--metrics-bind-address", "0", "--leader-elect")
+		old := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "doctor-old"}}
+		Expect(k8sClient.Create(ctx, old)).To(Succeed())
+		DeferCleanup(func(ctx context.Context) { Expect(k8sClient.Delete(ctx, old)).To(Succeed()) })
+		old.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: "v1.28.15", KernelVersion: "6.1.0"}
+		Expect(k8sClient.Status().Update(ctx, old)).To(Succeed())
+		pinned := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "doctor-pinned-", Labels: map[string]string{
+			"pod-security.kubernetes.io/enforce": "baseline", "pod-security.kubernetes.io/enforce-version": "v1.28"}}}
+		Expect(k8sClient.Create(ctx, pinned)).To(Succeed())
+		stale := &v1alpha1.KeepaliveNodeReport{ObjectMeta: metav1.ObjectMeta{Name: old.Name},
+			Status: v1alpha1.KeepaliveNodeReportStatus{AuditTime: metav1.NewTime(time.Now().Add(-time.Hour)), ValidSeconds: 180, IntervalSeconds: 60}}
+		Expect(k8sClient.Create(ctx, stale)).To(Succeed())
+		DeferCleanup(func(ctx context.Context) { Expect(k8sClient.Delete(ctx, stale)).To(Succeed()) })
+
+		By("an in-cluster webhook configuration, which matches no object, with its Service, endpoint and certificate")
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "doctor-operator-"}}
+		Expect(k8sClient.Create(ctx, ns)).To(Succeed())
+		certPEM := selfSignedCert("keepalive-operator-webhook." + ns.Name + ".svc")
+		Expect(k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "webhook-tls"},
+			Type: corev1.SecretTypeOpaque, Data: map[string][]byte{"tls.crt": certPEM}})).To(Succeed())
+		Expect(k8sClient.Create(ctx, &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: ns.Name, Name: "keepalive-operator-webhook-1", Labels: map[string]string{discoveryv1.LabelServiceName: "keepalive-operator-webhook"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.0.0.7"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+		})).To(Succeed())
+		ignore, none := admissionregistrationv1.Ignore, admissionregistrationv1.SideEffectClassNone
+		inCluster := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "doctor-in-cluster"},
+			Webhooks: []admissionregistrationv1.MutatingWebhook{{
+				Name: "pods.keepalive.io", AdmissionReviewVersions: []string{"v1"}, SideEffects: &none, FailurePolicy: &ignore, TimeoutSeconds: ptr.To[int32](2),
+				ClientConfig: admissionregistrationv1.WebhookClientConfig{CABundle: certPEM, Service: &admissionregistrationv1.ServiceReference{
+					Namespace: ns.Name, Name: "keepalive-operator-webhook", Path: ptr.To("/mutate-v1-pod")}},
+				ObjectSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"doctor": "never"}},
+				Rules: []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+					Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
+			}}}
+		Expect(k8sClient.Create(ctx, inCluster)).To(Succeed())
+		DeferCleanup(func(ctx context.Context) { Expect(k8sClient.Delete(ctx, inCluster)).To(Succeed()) })
+
+		byCheck := func(g Gomega) map[string]finding {
+			var findings []finding
+			g.Expect(json.Unmarshal(kubectlKeepalive("doctor", "--operator-namespace", operatorNS, "-o", "json"), &findings)).To(Succeed())
+			out := map[string]finding{}
+			for _, f := range findings {
+				g.Expect(out).NotTo(HaveKey(f.Check), "one finding a check here")
+				out[f.Check] = f
+			}
+			return out
+		}
+		var findings map[string]finding
+		Eventually(func(g Gomega) {
+			findings = byCheck(g)
+			g.Expect(findings["leader"].Status).To(Equal("ok"), "the operator takes the lease")
+		}, 40*time.Second).Should(Succeed())
+		Expect(findings["kubernetes"]).To(HaveField("Status", "ok"))
+		Expect(findings["nodes"].Status).To(Equal("warning"))
+		Expect(findings["nodes"].Detail).To(ContainSubstring("doctor-old (kubelet v1.28.15, kernel 6.1.0)"))
+		Expect(findings["pod security"].Status).To(Equal("warning"))
+		Expect(findings["pod security"].Detail).To(ContainSubstring(pinned.Name + " (baseline at v1.28)"))
+		Expect(findings["pod security"].Fix).To(ContainSubstring("enforce-version=v1.29"))
+		wh := findings["webhook webhook-configuration"]
+		Expect(wh.Status).To(Equal("ok"), "%+v", wh)
+		Expect(wh.Detail).To(HavePrefix("caBundle verifies the serving certificate for 127.0.0.1, valid until "))
+		Expect(findings["webhook doctor-in-cluster"]).To(Equal(finding{Check: "webhook doctor-in-cluster", Status: "warning",
+			Detail: "caBundle verifies the serving certificate for keepalive-operator-webhook." + ns.Name + ".svc, valid until " +
+				certNotAfter(certPEM) + "; 1 endpoint ready behind Service " + ns.Name + "/keepalive-operator-webhook",
+			Fix: "run 2 replicas (the chart's default), so that a restart or a node drain leaves one serving"}))
+		Expect(findings["audit"].Status).To(Equal("warning"))
+		Expect(findings["audit"].Detail).To(ContainSubstring(old.Name))
+
+		By("an error, and the exit code")
+		cmd := exec.Command(plugin, "doctor", "--operator-namespace", "nowhere", "--kubeconfig", env.Kubeconfig)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		text, err := cmd.Output()
+		GinkgoWriter.Println(string(text))
+		Expect(err).To(HaveOccurred())
+		Expect(string(text)).To(ContainSubstring("[error] leader: no Lease nowhere/keepalive-operator.keepalive.io: no replica has been elected to reconcile\n" +
+			"    fix: run the operator with --leader-elect (the chart does), in --operator-namespace\n"))
+		Expect(stderr.String()).To(ContainSubstring("doctor: 1 error"))
+	})
+})
+
+// selfSignedCert returns a self-signed serving certificate for a DNS name,
+// in PEM, valid for a day.
+func selfSignedCert(dnsName string) []byte {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	Expect(err).NotTo(HaveOccurred())
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: dnsName}, DNSNames: []string{dnsName},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(24 * time.Hour).Truncate(time.Second),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	Expect(err).NotTo(HaveOccurred())
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+func certNotAfter(certPEM []byte) string {
+	block, _ := pem.Decode(certPEM)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	Expect(err).NotTo(HaveOccurred())
+	return cert.NotAfter.UTC().Format(time.RFC3339)
+}

@@ -4,6 +4,7 @@
 //
 //	kubectl keepalive explain KIND/NAME [-n NAMESPACE] [-o json|yaml]
 //	kubectl keepalive plan -f POLICY_FILE [-o json|yaml]
+//	kubectl keepalive doctor [-o json|yaml]
 //	kubectl keepalive render -f DIR_OR_FILE --policies FILE [--check | --write]
 package main
 
@@ -33,7 +34,7 @@ func newRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newRender(stdin, stdout, stderr), newExplain(stdout), newPlan(stdout))
+	root.AddCommand(newRender(stdin, stdout, stderr), newExplain(stdout), newPlan(stdout), newDoctor(stdout))
 	return root
 }
 
@@ -91,6 +92,33 @@ It writes nothing.`,
 	addOperatorFlags(f, &o.operatorNS, &o.excluded)
 	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed.")
 	f.IntVar(&o.maxRollouts, "max-concurrent-rollouts", 5, "The operator's --max-concurrent-rollouts: workloads rolled at once.")
+	return cmd
+}
+
+func newDoctor(stdout io.Writer) *cobra.Command {
+	var o doctorOptions
+	var cluster *clusterFlags
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Is the cluster ready for the operator: versions, Pod Security, the webhook, the leader, policies, the audit",
+		Long: `doctor checks what the operator needs of the cluster, each finding with what
+to do: the Kubernetes version; nodes whose kubelet or kernel is too old for
+the sysctls; namespaces whose Pod Security version refuses them; the
+webhook configuration (failure policy, timeout, the CA bundle against the
+certificate the webhook serves, ready endpoints behind its Service); the
+replica elected to reconcile; policies that are not Ready; nodes without a
+fresh audit report, where the audit runs. It writes nothing, and exits 1
+when a finding is an error.`,
+		Example: `  kubectl keepalive doctor
+  kubectl keepalive doctor --context prod -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runDoctor(cmd.Context(), o, cluster, stdout) },
+	}
+	f := cmd.Flags()
+	cluster = addClusterFlags(f)
+	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
+	f.StringVar(&o.operatorNS, "operator-namespace", "keepalive-system", "The operator's namespace, which holds its leader's Lease.")
+	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed.")
 	return cmd
 }
 

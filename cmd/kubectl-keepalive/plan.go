@@ -309,7 +309,7 @@ func (p *Plan) text() string {
 	if len(p.Rollouts) == 0 {
 		b.WriteString("rollouts: none\n")
 	} else {
-		fmt.Fprintf(&b, "rollouts: %s, in %s of at most %d at once:\n", count(len(p.Rollouts), "workload"), count(p.Waves, "wave"), p.MaxConcurrentRollouts)
+		fmt.Fprintf(&b, "rollouts: %s, in %s of at most %d at once:\n", count(len(p.Rollouts), "workload", "workloads"), count(p.Waves, "wave", "waves"), p.MaxConcurrentRollouts)
 		for _, w := range p.Rollouts {
 			fmt.Fprintf(&b, "  %s\n", w)
 		}
@@ -317,10 +317,10 @@ func (p *Plan) text() string {
 	return b.String()
 }
 
-// count writes n things, in the plural but for one.
-func count(n int, thing string) string {
+// count writes n things: one, or many.
+func count(n int, one, many string) string {
 	if n == 1 {
-		return "1 " + thing
+		return "1 " + one
 	}
-	return fmt.Sprintf("%d %ss", n, thing)
+	return fmt.Sprintf("%d %s", n, many)
 }

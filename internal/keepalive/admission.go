@@ -195,8 +195,8 @@ func NamespaceMatters(old, updated Namespace, c Cluster, policies []Policy) bool
 	if c.leftOut(PodView{}, old) != c.leftOut(PodView{}, updated) {
 		return true
 	}
-	_, _, blockedBefore := podSecurityBlocks(old.Labels, c.Minor)
-	_, _, blockedAfter := podSecurityBlocks(updated.Labels, c.Minor)
+	_, _, blockedBefore := PodSecurityBlocks(old.Labels, c.Minor)
+	_, _, blockedAfter := PodSecurityBlocks(updated.Labels, c.Minor)
 	if blockedBefore != blockedAfter {
 		return true
 	}
@@ -220,7 +220,7 @@ func blocked(pod PodView, ns Namespace, c Cluster) (SkipReason, string) {
 		return SkipClusterVersion, fmt.Sprintf(
 			"Kubernetes 1.%d treats the keepalive sysctls as unsafe; allow them on every kubelet and run the operator with --unsafe-sysctls-allowed", c.Minor)
 	}
-	if level, version, blocks := podSecurityBlocks(ns.Labels, c.Minor); blocks {
+	if level, version, blocks := PodSecurityBlocks(ns.Labels, c.Minor); blocks {
 		return SkipPodSecurityVersion, fmt.Sprintf(
 			"Pod Security %q at version %s rejects the keepalive sysctls; set %s to v1.%d or later",
 			level, version, labelPSAEnforceVersion, FirstSafeMinor)
@@ -230,11 +230,11 @@ func blocked(pod PodView, ns Namespace, c Cluster) (SkipReason, string) {
 
 func isSystemNamespace(name string) bool { return slices.Contains(SystemNamespaces, name) }
 
-// podSecurityBlocks reports whether the namespace's enforced Pod Security
+// PodSecurityBlocks reports whether the namespace's enforced Pod Security
 // level rejects the keepalive sysctls: baseline and restricted allow them
 // only from policy version v1.29. An absent, "latest" or unreadable version
 // is the cluster's own.
-func podSecurityBlocks(nsLabels map[string]string, clusterMinor int) (level, version string, blocked bool) {
+func PodSecurityBlocks(nsLabels map[string]string, clusterMinor int) (level, version string, blocked bool) {
 	level = nsLabels[labelPSAEnforce]
 	if level != "baseline" && level != "restricted" {
 		return "", "", false
