@@ -62,16 +62,6 @@ func (f *clusterFlags) connect() (client.Client, *discovery.DiscoveryClient, str
 	return c, disco, namespace, err
 }
 
-// kinds are the names explain takes for the kinds it explains.
-var kinds = map[string]string{
-	"pod": "Pod", "pods": "Pod", "po": "Pod",
-	"deployment": "Deployment", "deployments": "Deployment", "deploy": "Deployment",
-	"statefulset": "StatefulSet", "statefulsets": "StatefulSet", "sts": "StatefulSet",
-	"daemonset": "DaemonSet", "daemonsets": "DaemonSet", "ds": "DaemonSet",
-	"replicaset": "ReplicaSet", "replicasets": "ReplicaSet", "rs": "ReplicaSet",
-	"cronjob": "CronJob", "cronjobs": "CronJob", "cj": "CronJob",
-}
-
 // explainOptions are the flags of `kubectl keepalive explain`, besides the
 // cluster's.
 type explainOptions struct {
@@ -119,8 +109,8 @@ type PolicyMatch struct {
 
 func runExplain(ctx context.Context, target string, o explainOptions, f *clusterFlags, out io.Writer) error {
 	kindName, name, ok := strings.Cut(target, "/")
-	kind := kinds[strings.ToLower(kindName)]
-	if !ok || kind == "" || name == "" {
+	k, known := kindNamed(kindName)
+	if !ok || !known || name == "" {
 		return fmt.Errorf("explain: %q is not KIND/NAME with a kind of pod, deploy, sts, ds, rs or cronjob", target)
 	}
 	if !slices.Contains([]string{"", "json", "yaml"}, o.output) {
@@ -130,7 +120,7 @@ func runExplain(ctx context.Context, target string, o explainOptions, f *cluster
 	if err != nil {
 		return fmt.Errorf("explain: %w", err)
 	}
-	e, err := explain(ctx, c, disco, kind, namespace, name, o)
+	e, err := explain(ctx, c, disco, k, namespace, name, o)
 	if err != nil {
 		return fmt.Errorf("explain: %w", err)
 	}
@@ -155,9 +145,9 @@ func runExplain(ctx context.Context, target string, o explainOptions, f *cluster
 }
 
 // explain gathers what the decision reads and decides as the operator does.
-func explain(ctx context.Context, c client.Client, disco discovery.ServerVersionInterface, kind, namespace, name string, o explainOptions) (*Explanation, error) {
-	obj := newObject(kind)
-	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, obj.(client.Object)); err != nil {
+func explain(ctx context.Context, c client.Client, disco discovery.ServerVersionInterface, k kind, namespace, name string, o explainOptions) (*Explanation, error) {
+	obj := k.new()
+	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, obj); err != nil {
 		return nil, err
 	}
 	var ns corev1.Namespace
@@ -173,7 +163,7 @@ func explain(ctx context.Context, c client.Client, disco discovery.ServerVersion
 		return nil, err
 	}
 
-	e := &Explanation{Object: kind + " " + namespace + "/" + name, Namespace: ns.Labels}
+	e := &Explanation{Object: k.name + " " + namespace + "/" + name, Namespace: ns.Labels}
 	nsView := keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
 	var view keepalive.PodView
 	var governing *keepalive.Policy
@@ -191,7 +181,7 @@ func explain(ctx context.Context, c client.Client, disco discovery.ServerVersion
 		}
 	} else {
 		view = keepalive.TemplateView(obj)
-		rec, hasRecord, err := keepalive.ParseManaged(obj.(client.Object).GetAnnotations())
+		rec, hasRecord, err := keepalive.ParseManaged(obj.GetAnnotations())
 		if err != nil {
 			return nil, fmt.Errorf("the record of %s: %w", e.Object, err)
 		}

@@ -10,8 +10,6 @@ import (
 	"slices"
 	"strings"
 
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery"
@@ -171,14 +169,17 @@ func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInt
 			planPod(res, &pods.Items[i], ns, cluster, lists(ns.Name), all, plannedRefs)
 		}
 	}
-	for _, w := range workloadKinds {
-		list := w.list()
-		if err := c.List(ctx, list); err != nil {
-			return nil, fmt.Errorf("list %ss: %w", w.kind, err)
+	for _, k := range kinds {
+		if k.list == nil {
+			continue // Pods were counted above
 		}
-		for _, obj := range w.items(list) {
+		list := k.list()
+		if err := c.List(ctx, list); err != nil {
+			return nil, fmt.Errorf("list %ss: %w", k.name, err)
+		}
+		for _, obj := range k.items(list) {
 			if ns, ok := inScope[obj.GetNamespace()]; ok && metav1.GetControllerOf(obj) == nil { // a Deployment's ReplicaSet rolls with it
-				planWorkload(res, w.kind, obj, ns, cluster, lists(ns.Name), plannedRefs)
+				planWorkload(res, k.name, obj, ns, cluster, lists(ns.Name), plannedRefs)
 			}
 		}
 	}
@@ -251,36 +252,6 @@ func planWorkload(res *Plan, kind string, obj client.Object, ns keepalive.Namesp
 	if t.Policy != nil && plannedRefs[t.Policy.Ref] && t.SysctlsChanged {
 		res.Rollouts = append(res.Rollouts, kind+" "+ns.Name+"/"+obj.GetName())
 	}
-}
-
-// workloadKinds are the kinds whose templates the operator patches.
-var workloadKinds = []struct {
-	kind  string
-	list  func() client.ObjectList
-	items func(client.ObjectList) []client.Object
-}{
-	{"Deployment", func() client.ObjectList { return &appsv1.DeploymentList{} },
-		func(l client.ObjectList) []client.Object { return pointers(l.(*appsv1.DeploymentList).Items) }},
-	{"StatefulSet", func() client.ObjectList { return &appsv1.StatefulSetList{} },
-		func(l client.ObjectList) []client.Object { return pointers(l.(*appsv1.StatefulSetList).Items) }},
-	{"DaemonSet", func() client.ObjectList { return &appsv1.DaemonSetList{} },
-		func(l client.ObjectList) []client.Object { return pointers(l.(*appsv1.DaemonSetList).Items) }},
-	{"ReplicaSet", func() client.ObjectList { return &appsv1.ReplicaSetList{} },
-		func(l client.ObjectList) []client.Object { return pointers(l.(*appsv1.ReplicaSetList).Items) }},
-	{"CronJob", func() client.ObjectList { return &batchv1.CronJobList{} },
-		func(l client.ObjectList) []client.Object { return pointers(l.(*batchv1.CronJobList).Items) }},
-}
-
-// pointers returns pointers to the items of a list.
-func pointers[T any, PT interface {
-	*T
-	client.Object
-}](items []T) []client.Object {
-	out := make([]client.Object, len(items))
-	for i := range items {
-		out[i] = PT(&items[i])
-	}
-	return out
 }
 
 // text writes a plan for a person.

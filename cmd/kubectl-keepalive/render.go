@@ -13,11 +13,10 @@ import (
 	"strconv"
 	"strings"
 
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
@@ -34,45 +33,6 @@ type renderOptions struct {
 	excluded   []string
 	write      bool
 	check      bool
-}
-
-// podSpecPaths is where each kind that render handles keeps its pod spec.
-// The workload kinds are those whose template the operator patches
-// (keepalive.PodTemplate); a Pod gets what the webhook would give it.
-var podSpecPaths = map[string][]string{
-	"Pod":         {"spec"},
-	"Deployment":  {"spec", "template", "spec"},
-	"StatefulSet": {"spec", "template", "spec"},
-	"DaemonSet":   {"spec", "template", "spec"},
-	"ReplicaSet":  {"spec", "template", "spec"},
-	"CronJob":     {"spec", "jobTemplate", "spec", "template", "spec"},
-}
-
-// newObject returns an empty object of a kind render handles.
-func newObject(kind string) any {
-	switch kind {
-	case "Pod":
-		return &corev1.Pod{}
-	case "Deployment":
-		return &appsv1.Deployment{}
-	case "StatefulSet":
-		return &appsv1.StatefulSet{}
-	case "DaemonSet":
-		return &appsv1.DaemonSet{}
-	case "ReplicaSet":
-		return &appsv1.ReplicaSet{}
-	case "CronJob":
-		return &batchv1.CronJob{}
-	}
-	return nil
-}
-
-// podSpec returns the pod spec of an object of newObject.
-func podSpec(obj any) *corev1.PodSpec {
-	if pod, ok := obj.(*corev1.Pod); ok {
-		return &pod.Spec
-	}
-	return &keepalive.PodTemplate(obj).Spec
 }
 
 // input is one file, or standard input ("-"), as read.
@@ -368,12 +328,12 @@ func (r *renderer) render(raw []byte) ([]byte, []change, error) {
 // of a kind render handles that a policy selects, and returns it otherwise
 // as it is.
 func (r *renderer) renderDocument(doc []byte) ([]byte, *change, error) {
-	kind, namespace, name, ok := typeMeta(doc)
-	path, handled := podSpecPaths[kind]
-	if !ok || !handled {
+	kindName, namespace, name, ok := typeMeta(doc)
+	k, handled := kindNamed(kindName)
+	if !ok || !handled || k.name != kindName {
 		return doc, nil, nil
 	}
-	obj := newObject(kind)
+	kind, obj := k.name, k.new()
 	if err := sigsyaml.Unmarshal(doc, obj); err != nil {
 		return nil, nil, fmt.Errorf("%s %s: %w", kind, name, err)
 	}
@@ -407,11 +367,11 @@ func (r *renderer) renderDocument(doc []byte) ([]byte, *change, error) {
 		return doc, nil, nil
 	}
 
-	rendered, err := spliceSysctls(doc, path, current, want)
+	rendered, err := spliceSysctls(doc, k.specPath, current, want)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s %s/%s: %w", kind, namespace, name, err)
 	}
-	if err := sameButSysctls(obj, rendered, want); err != nil {
+	if err := sameButSysctls(k, obj, rendered, want); err != nil {
 		return nil, nil, fmt.Errorf("%s %s/%s: %w", kind, namespace, name, err)
 	}
 	ch := &change{object: kind + " " + namespace + "/" + name, from: current, to: want}
@@ -423,16 +383,12 @@ func (r *renderer) renderDocument(doc []byte) ([]byte, *change, error) {
 
 // sameButSysctls checks that a rendered document decodes to the object it
 // was rendered from with the wanted sysctls and nothing else changed.
-func sameButSysctls(before any, rendered []byte, want []corev1.Sysctl) error {
-	kind, _, _, _ := typeMeta(rendered)
-	after := newObject(kind)
-	if after == nil {
-		return errors.New("the rendered document lost its kind")
-	}
+func sameButSysctls(k kind, before client.Object, rendered []byte, want []corev1.Sysctl) error {
+	after := k.new()
 	if err := sigsyaml.Unmarshal(rendered, after); err != nil {
 		return fmt.Errorf("the rendered document does not decode: %w", err)
 	}
-	expected := deepCopy(before)
+	expected := before.DeepCopyObject().(client.Object)
 	spec := podSpec(expected)
 	if spec.SecurityContext == nil {
 		spec.SecurityContext = &corev1.PodSecurityContext{}
@@ -440,24 +396,6 @@ func sameButSysctls(before any, rendered []byte, want []corev1.Sysctl) error {
 	spec.SecurityContext.Sysctls = want
 	if !equality.Semantic.DeepEqual(expected, after) {
 		return errors.New("rendering would change more than the pod's sysctls; the document is left unrendered")
-	}
-	return nil
-}
-
-func deepCopy(obj any) any {
-	switch o := obj.(type) {
-	case *corev1.Pod:
-		return o.DeepCopy()
-	case *appsv1.Deployment:
-		return o.DeepCopy()
-	case *appsv1.StatefulSet:
-		return o.DeepCopy()
-	case *appsv1.DaemonSet:
-		return o.DeepCopy()
-	case *appsv1.ReplicaSet:
-		return o.DeepCopy()
-	case *batchv1.CronJob:
-		return o.DeepCopy()
 	}
 	return nil
 }
