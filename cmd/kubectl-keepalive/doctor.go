@@ -4,14 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -22,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/discovery"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
@@ -58,8 +55,8 @@ type doctorOptions struct {
 }
 
 func runDoctor(ctx context.Context, o doctorOptions, f *clusterFlags, out io.Writer) error {
-	if !slices.Contains([]string{"", "json", "yaml"}, o.output) {
-		return fmt.Errorf("doctor: -o %q: only json and yaml", o.output)
+	if err := checkOutput("doctor", o.output); err != nil {
+		return err
 	}
 	c, disco, _, err := f.connect()
 	if err != nil {
@@ -69,21 +66,8 @@ func runDoctor(ctx context.Context, o doctorOptions, f *clusterFlags, out io.Wri
 	if err != nil {
 		return fmt.Errorf("doctor: %w", err)
 	}
-	switch o.output {
-	case "json":
-		raw, err := json.MarshalIndent(findings, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(out, "%s\n", raw)
-		return err
-	case "yaml":
-		raw, err := sigsyaml.Marshal(findings)
-		if err != nil {
-			return err
-		}
-		_, err = out.Write(raw)
-		return err
+	if o.output != "" {
+		return write(out, o.output, findings, nil)
 	}
 	var errs int
 	for _, f := range findings {

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +18,6 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
@@ -113,8 +111,8 @@ func runExplain(ctx context.Context, target string, o explainOptions, f *cluster
 	if !ok || !known || name == "" {
 		return fmt.Errorf("explain: %q is not KIND/NAME with a kind of pod, deploy, sts, ds, rs or cronjob", target)
 	}
-	if !slices.Contains([]string{"", "json", "yaml"}, o.output) {
-		return fmt.Errorf("explain: -o %q: only json and yaml", o.output)
+	if err := checkOutput("explain", o.output); err != nil {
+		return err
 	}
 	c, disco, namespace, err := f.connect()
 	if err != nil {
@@ -124,24 +122,7 @@ func runExplain(ctx context.Context, target string, o explainOptions, f *cluster
 	if err != nil {
 		return fmt.Errorf("explain: %w", err)
 	}
-	switch o.output {
-	case "json":
-		raw, err := json.MarshalIndent(e, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(out, "%s\n", raw)
-		return err
-	case "yaml":
-		raw, err := sigsyaml.Marshal(e)
-		if err != nil {
-			return err
-		}
-		_, err = out.Write(raw)
-		return err
-	}
-	_, err = io.WriteString(out, e.text())
-	return err
+	return write(out, o.output, e, e.text)
 }
 
 // explain gathers what the decision reads and decides as the operator does.

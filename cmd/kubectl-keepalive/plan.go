@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -14,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 )
@@ -80,8 +78,8 @@ func runPlan(ctx context.Context, o planOptions, f *clusterFlags, out io.Writer)
 	if o.maxRollouts < 1 {
 		return fmt.Errorf("plan: --max-concurrent-rollouts must be at least 1, is %d", o.maxRollouts)
 	}
-	if !slices.Contains([]string{"", "json", "yaml"}, o.output) {
-		return fmt.Errorf("plan: -o %q: only json and yaml", o.output)
+	if err := checkOutput("plan", o.output); err != nil {
+		return err
 	}
 	raw, err := os.ReadFile(o.file)
 	if err != nil {
@@ -99,24 +97,7 @@ func runPlan(ctx context.Context, o planOptions, f *clusterFlags, out io.Writer)
 	if err != nil {
 		return fmt.Errorf("plan: %w", err)
 	}
-	switch o.output {
-	case "json":
-		raw, err := json.MarshalIndent(p, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(out, "%s\n", raw)
-		return err
-	case "yaml":
-		raw, err := sigsyaml.Marshal(p)
-		if err != nil {
-			return err
-		}
-		_, err = out.Write(raw)
-		return err
-	}
-	_, err = io.WriteString(out, p.text())
-	return err
+	return write(out, o.output, p, p.text)
 }
 
 // plan decides, for every running pod and workload in the planned
