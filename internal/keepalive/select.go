@@ -3,6 +3,7 @@ package keepalive
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -98,25 +99,27 @@ func PolicyChanged(before, after metav1.Object) bool {
 // whenever a policy may have changed.
 type SharedLists struct{ lists map[string][]Policy }
 
-// Share returns the copy kept of a list with the same policies in the same
-// order, keeping this one when there is none. The lists must never change
-// afterwards.
+// Share returns the copy kept of a list with the same policies, in any
+// order (Select's choice does not depend on it, and the stores the lists
+// come from have none), keeping this one when there is none. The lists must
+// never change afterwards.
 func (s *SharedLists) Share(list []Policy) []Policy {
 	if len(list) == 0 {
 		return nil
 	}
-	var key strings.Builder
+	names := make([]string, len(list))
 	for i := range list {
-		key.WriteString(list[i].name)
-		key.WriteByte(0)
+		names[i] = list[i].name
 	}
-	if kept, ok := s.lists[key.String()]; ok {
+	slices.Sort(names)
+	key := strings.Join(names, "\x00")
+	if kept, ok := s.lists[key]; ok {
 		return kept
 	}
 	if s.lists == nil {
 		s.lists = map[string][]Policy{}
 	}
-	s.lists[key.String()] = list
+	s.lists[key] = list
 	return list
 }
 

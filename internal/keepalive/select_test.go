@@ -233,8 +233,8 @@ func TestSharedLists(t *testing.T) {
 	if got := s.Share([]Policy{a, b}); &got[0] != &first[0] {
 		t.Error("an equal list was not shared")
 	}
-	if got := s.Share([]Policy{b, a}); &got[0] == &first[0] {
-		t.Error("a list in another order was shared")
+	if got := s.Share([]Policy{b, a}); &got[0] != &first[0] {
+		t.Error("the same policies in another order were not shared")
 	}
 	if got := s.Share([]Policy{a}); len(got) != 1 || &got[0] == &first[0] {
 		t.Errorf("a shorter list got %d policies, or the longer list's copy", len(got))
