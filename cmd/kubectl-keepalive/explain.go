@@ -152,9 +152,9 @@ func explain(ctx context.Context, c client.Client, disco discovery.ServerVersion
 		view = keepalive.SpecView(pod.Labels, pod.Annotations, &pod.Spec)
 		d := keepalive.Decide(view, nsView, cluster, namespaced, clusterPolicies)
 		governing, e.Skipped, e.Warnings = d.Policy, d.Skip, d.Warnings
-		e.WouldGet = keepaliveOf(view.Sysctls)
+		e.WouldGet = keepalive.SysctlsOf(view.Sysctls)
 		if d.Sysctls != nil {
-			e.WouldGet = keepaliveOf(d.Sysctls)
+			e.WouldGet = keepalive.SysctlsOf(d.Sysctls)
 		}
 		e.Annotation = pod.Annotations[keepalive.AnnotationPolicy]
 		if e.Connections, err = connectionsOf(ctx, c, pod); err != nil {
@@ -170,9 +170,9 @@ func explain(ctx context.Context, c client.Client, disco discovery.ServerVersion
 			e.Record = &rec
 		}
 		t := keepalive.DesiredTemplate(view, e.Record, nsView, cluster, namespaced, clusterPolicies)
-		governing, e.Skipped, e.WouldGet = t.Policy, t.Skip, keepaliveOf(t.Sysctls)
+		governing, e.Skipped, e.WouldGet = t.Policy, t.Skip, keepalive.SysctlsOf(t.Sysctls)
 	}
-	e.Has = keepaliveOf(view.Sysctls)
+	e.Has = keepalive.SysctlsOf(view.Sysctls)
 
 	target := keepalive.Target{Namespace: namespace, Labels: view.Labels, NamespaceLabels: ns.Labels}
 	var selecting []keepalive.Policy
@@ -225,10 +225,10 @@ func clusterOf(ctx context.Context, c client.Client, disco discovery.ServerVersi
 	if err := c.List(ctx, &nodes); err != nil {
 		return keepalive.Cluster{}, fmt.Errorf("list nodes: %w", err)
 	}
-	for _, n := range nodes.Items {
-		node := keepalive.Node{Name: n.Name, Labels: n.Labels, Unschedulable: n.Spec.Unschedulable, Taints: n.Spec.Taints,
-			Info: keepalive.NodeInfo{KubeletVersion: n.Status.NodeInfo.KubeletVersion, KernelVersion: n.Status.NodeInfo.KernelVersion}}
-		if node.Info.Blocks(keepalive.Cluster{}) != "" {
+	for i := range nodes.Items {
+		// Old as the webhook's store counts them; Cluster.OldNodes says
+		// which ones refuse the sysctls.
+		if node := keepalive.NodeOf(&nodes.Items[i]); node.Info.Blocks(keepalive.Cluster{}) != "" {
 			cluster.OldNodes = append(cluster.OldNodes, node)
 		}
 	}

@@ -50,14 +50,7 @@ type change struct {
 }
 
 func (c change) String() string {
-	return fmt.Sprintf("%s: %s (%s; before: %s)", c.object, keepalive.Describe(keepaliveOf(c.to)), c.policy, keepalive.Describe(keepaliveOf(c.from)))
-}
-
-// keepaliveOf keeps the keepalive sysctls of a list.
-func keepaliveOf(sysctls []corev1.Sysctl) []corev1.Sysctl {
-	return slices.DeleteFunc(slices.Clone(sysctls), func(s corev1.Sysctl) bool {
-		return !slices.Contains([]string{keepalive.SysctlTime, keepalive.SysctlInterval, keepalive.SysctlProbes}, s.Name)
-	})
+	return fmt.Sprintf("%s: %s (%s; before: %s)", c.object, keepalive.Describe(keepalive.SysctlsOf(c.to)), c.policy, keepalive.Describe(keepalive.SysctlsOf(c.from)))
 }
 
 // renderer holds what render decides with: the policies, the namespaces'

@@ -102,13 +102,7 @@ func toCachedPod(obj any) (any, error) {
 		shape.os = string(pod.Spec.OS.Name)
 	}
 	if sc := pod.Spec.SecurityContext; sc != nil {
-		for _, s := range sc.Sysctls {
-			// Under the pod's own name: the domain reads either form.
-			switch keepalive.NormalizeSysctlName(s.Name) {
-			case keepalive.SysctlTime, keepalive.SysctlInterval, keepalive.SysctlProbes:
-				shape.keepalive = append(shape.keepalive, s)
-			}
-		}
+		shape.keepalive = keepalive.SysctlsOf(sc.Sysctls)
 	}
 	return &cachedPod{
 		Name: pod.Name, node: unique.Make(pod.Spec.NodeName), shape: sharedShape(shape),

@@ -26,6 +26,12 @@ type Node struct {
 	Info   NodeInfo
 }
 
+// NodeOf is a node as the decisions read it.
+func NodeOf(n *corev1.Node) Node {
+	return Node{Name: n.Name, Labels: n.Labels, Unschedulable: n.Spec.Unschedulable, Taints: n.Spec.Taints,
+		Info: NodeInfo{KubeletVersion: n.Status.NodeInfo.KubeletVersion, KernelVersion: n.Status.NodeInfo.KernelVersion}}
+}
+
 // Placement is where a pod may be scheduled: its spec.nodeName,
 // nodeSelector, required node affinity and tolerations. The zero value is
 // any node without taints.

@@ -121,6 +121,18 @@ func indexOfSysctl(sysctls []corev1.Sysctl, name string) int {
 	return -1
 }
 
+// SysctlsOf keeps the keepalive sysctls of a list, under the names
+// it gives them (either form).
+func SysctlsOf(sysctls []corev1.Sysctl) []corev1.Sysctl {
+	var out []corev1.Sysctl
+	for _, s := range sysctls {
+		if slices.Contains(keepaliveNames[:], NormalizeSysctlName(s.Name)) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // NormalizeSysctlName returns the dotted form of a sysctl name, as the
 // kubelet reads it: when the first separator is '/', '/' and '.' are
 // swapped, so net/ipv4/tcp_keepalive_time is net.ipv4.tcp_keepalive_time.

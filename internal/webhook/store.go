@@ -263,10 +263,7 @@ func (s *Store) SetNamespace(name string, labels map[string]string) {
 // setNode records whether a node is old. Most node events (status updates)
 // change nothing that matters here and cost a map lookup.
 func (s *Store) setNode(o *corev1.Node, deleted bool) {
-	n := keepalive.Node{
-		Name: o.Name, Labels: o.Labels, Unschedulable: o.Spec.Unschedulable, Taints: o.Spec.Taints,
-		Info: keepalive.NodeInfo{KubeletVersion: o.Status.NodeInfo.KubeletVersion, KernelVersion: o.Status.NodeInfo.KernelVersion},
-	}
+	n := keepalive.NodeOf(o)
 	old := !deleted && n.Info.Blocks(keepalive.Cluster{}) != ""
 	s.mu.Lock()
 	was, had := s.oldNodes[n.Name]
