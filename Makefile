@@ -76,7 +76,8 @@ AUDIT_COMMANDS = gcc python3 node java javac psql postgres initdb
 .PHONY: test
 test: manifests generate fmt vet $(HELM) ## Run all tests (envtest suites against a real kube-apiserver and etcd), then fuzz admission; as root the network lab too.
 	@hack/need-packages.sh --if-root "make test" $(LAB_COMMANDS) $(AUDIT_COMMANDS)
-	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" HELM="$(HELM)" go test ./... -coverprofile cover.out
+	assets="$$(hack/setup-envtest.sh)" && promtool="$$(hack/setup-promtool.sh)" && \
+		KUBEBUILDER_ASSETS="$$assets" HELM="$(HELM)" PROMTOOL="$$promtool" go test ./... -coverprofile cover.out
 	go test ./internal/webhook/ -run '^$$' -fuzz '^FuzzAdmission$$' -fuzztime $(FUZZTIME)
 	go test ./test/netlab/ -run '^$$' -fuzz '^FuzzReadSysctl$$' -fuzztime $(SYSCTL_FUZZTIME)
 

@@ -1,7 +1,10 @@
 package controller
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
@@ -29,6 +32,16 @@ var (
 		Help: "Running pods of a policy on nodes without a fresh audit report.",
 	}, []string{"policy"})
 
+	policyReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keepalive_policy_ready",
+		Help: "1 when a policy's Ready condition is True, 0 otherwise; reason is the condition's reason (one series per policy).",
+	}, []string{"policy", "reason"})
+
+	policyPodsBlocked = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keepalive_policy_pods_blocked",
+		Help: "Pods of a policy that cannot take the keepalive sysctls, by cause (the PodsBlocked condition's counts).",
+	}, []string{"policy", "cause"})
+
 	rolloutsInProgress = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "keepalive_rollouts_in_progress",
 		Help: "Workloads rolling out a template change of the operator, across the cluster.",
@@ -36,7 +49,48 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(reconciles, policyPods, policyConnections, policyPodsUnaudited, rolloutsInProgress)
+	metrics.Registry.MustRegister(reconciles, policyPods, policyConnections, policyPodsUnaudited, policyReady, policyPodsBlocked, rolloutsInProgress)
+}
+
+// readyReasons is the reason label each policy's ready series carries, so
+// that a new reason replaces the old series without a gap in between: an
+// alert's pending time starts anew at a gap.
+var readyReasons = struct {
+	sync.Mutex
+	m map[string]string
+}{m: map[string]string{}}
+
+func recordReady(policy string, c metav1.Condition) {
+	v := 0.0
+	if c.Status == metav1.ConditionTrue {
+		v = 1
+	}
+	readyReasons.Lock()
+	defer readyReasons.Unlock()
+	policyReady.WithLabelValues(policy, c.Reason).Set(v)
+	if old, ok := readyReasons.m[policy]; ok && old != c.Reason {
+		policyReady.DeleteLabelValues(policy, old)
+	}
+	readyReasons.m[policy] = c.Reason
+}
+
+func forgetReady(policy string) {
+	readyReasons.Lock()
+	defer readyReasons.Unlock()
+	policyReady.DeletePartialMatch(prometheus.Labels{"policy": policy})
+	delete(readyReasons.m, policy)
+}
+
+// recordBlocked sets a series for each cause that blocks pods and drops
+// the others.
+func recordBlocked(policy string, blocked map[keepalive.SkipReason]int32) {
+	for cause := range blockedCauses {
+		if n := blocked[cause]; n > 0 {
+			policyPodsBlocked.WithLabelValues(policy, string(cause)).Set(float64(n))
+		} else {
+			policyPodsBlocked.DeleteLabelValues(policy, string(cause))
+		}
+	}
 }
 
 func recordPods(policy string, matched, compliant, stale, skipped int32) {
@@ -48,6 +102,7 @@ func recordPods(policy string, matched, compliant, stale, skipped int32) {
 
 func forgetPods(policy string) {
 	policyPods.DeletePartialMatch(prometheus.Labels{"policy": policy})
+	policyPodsBlocked.DeletePartialMatch(prometheus.Labels{"policy": policy})
 }
 
 func recordConnections(policy string, a v1alpha1.ConnectionAudit) {

@@ -104,6 +104,7 @@ func (r *policyReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (
 			ref := r.ref(req.Namespace, req.Name)
 			forgetPods(ref.String())
 			forgetConnections(ref.String())
+			forgetReady(ref.String())
 			r.policies.forget(ref)
 			return ctrl.Result{}, nil
 		}
@@ -164,6 +165,7 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) (ctrl.
 			r.events.Eventf(obj, nil, corev1.EventTypeWarning, ReasonInvalidSpec, "Compute", "%s", err.Error())
 		}
 		setCondition(obj, c)
+		recordReady(r.ref(obj.GetNamespace(), obj.GetName()).String(), c)
 		return ctrl.Result{}, nil // nothing to retry until the spec changes
 	}
 
@@ -190,6 +192,7 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) (ctrl.
 	status.Pods = &s.counts
 	status.Workloads = &w.counts
 	recordPods(pol.Ref.String(), s.counts.Matched, s.counts.Compliant, s.counts.Stale, s.counts.Skipped)
+	recordBlocked(pol.Ref.String(), s.blocked)
 
 	blocked := podsBlockedCondition(s, keepalive.DescribeOldNodes(r.cluster()))
 	if old := meta.FindStatusCondition(status.Conditions, ConditionPodsBlocked); blocked.Status == metav1.ConditionTrue &&
@@ -205,6 +208,7 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) (ctrl.
 		r.events.Eventf(obj, nil, corev1.EventTypeNormal, "RolloutCompleted", "Rollout", "%s", ready.Message)
 	}
 	setCondition(obj, ready)
+	recordReady(pol.Ref.String(), ready)
 	return ctrl.Result{}, nil
 }
 

@@ -118,13 +118,13 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, bufs *buffers) (
 	defer func() {
 		if p := recover(); p != nil {
 			h.Log.Error(fmt.Errorf("%v", p), "admission panicked; pod allowed unchanged")
-			res, outcome, reason = result{uid: res.uid}, outcomeError, "panic"
+			res, outcome, reason = result{uid: res.uid}, outcomeError, failPanic
 		}
 	}()
 	bufs.body.Reset()
 	if _, err := bufs.body.ReadFrom(http.MaxBytesReader(w, r.Body, maxBodyBytes)); err != nil {
 		h.Log.Error(err, "read admission review; pod allowed unchanged")
-		return res, outcomeError, "read"
+		return res, outcomeError, failRead
 	}
 	var rev review
 	// Case-sensitive like the API server: the patch's paths must name the
@@ -135,7 +135,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, bufs *buffers) (
 	}
 	if err != nil {
 		h.Log.Error(err, "decode admission review; pod allowed unchanged")
-		return res, outcomeError, "decode"
+		return res, outcomeError, failDecode
 	}
 	req := &rev.Request
 	res.uid = req.UID
@@ -145,7 +145,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, bufs *buffers) (
 	p := &req.Object
 	if p.Metadata == nil || p.Spec == nil {
 		h.Log.Error(errors.New("object without metadata or spec"), "read pod; pod allowed unchanged", "uid", req.UID)
-		return res, outcomeError, "not-a-pod"
+		return res, outcomeError, failNotAPod
 	}
 
 	labels, known, namespaced, cluster := h.Store.Lookup(req.Namespace)
@@ -153,7 +153,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, bufs *buffers) (
 		ns := &corev1.Namespace{}
 		if err := h.Namespaces.Get(r.Context(), client.ObjectKey{Name: req.Namespace}, ns); err != nil {
 			h.Log.Error(err, "read namespace; pod allowed unchanged", "namespace", req.Namespace)
-			return res, outcomeError, "namespace"
+			return res, outcomeError, failNamespace
 		}
 		labels = ns.Labels
 	}

@@ -28,8 +28,25 @@ var (
 	})
 )
 
+// The steps an admission can fail at, the reasons of outcomeError.
+const (
+	failPanic     = "panic"
+	failRead      = "read"
+	failDecode    = "decode"
+	failNotAPod   = "not-a-pod"
+	failNamespace = "namespace"
+)
+
+// errorReasons have their series from the start, at 0, so that increase()
+// sees the first error: Prometheus sees no increase in a counter that
+// appears at 1.
+var errorReasons = []string{failPanic, failRead, failDecode, failNotAPod, failNamespace}
+
 func init() {
 	metrics.Registry.MustRegister(admissions, admissionSeconds)
+	for _, r := range errorReasons {
+		admissions.WithLabelValues(outcomeError, r)
+	}
 }
 
 func observe(outcome, reason string, d time.Duration) {

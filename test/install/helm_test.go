@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/testenv"
 )
@@ -241,3 +242,32 @@ func slicesContain(list []string, s string) bool {
 	}
 	return false
 }
+
+var _ = It("renders the alerts and the dashboard only when asked, from the chart's files as they are", func() {
+	Expect(render()).NotTo(Or(HaveKey("ServiceMonitor/t-keepalive-operator"), HaveKey("PrometheusRule/t-keepalive-operator"),
+		HaveKey("ConfigMap/t-keepalive-operator-dashboard")), "rendered by default")
+	objs := render("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
+		"--set", "metrics.prometheusRule.labels.release=kps", "--set", "metrics.dashboard.enabled=true",
+		"--set", "metrics.dashboard.namespace=monitoring", "--set", "metrics.dashboard.annotations.grafana_folder=Platform")
+	Expect(objs).To(HaveKey("ServiceMonitor/t-keepalive-operator"))
+
+	rule := objs["PrometheusRule/t-keepalive-operator"]
+	Expect(rule).NotTo(BeNil())
+	Expect(rule.GetLabels()).To(HaveKeyWithValue("release", "kps"))
+	raw, err := os.ReadFile(filepath.Join(chart, "files", "prometheus-rules.yaml"))
+	Expect(err).NotTo(HaveOccurred())
+	var file map[string]any
+	Expect(sigsyaml.Unmarshal(raw, &file)).To(Succeed())
+	Expect(rule.Object["spec"]).To(Equal(file), "the PrometheusRule's spec is the rule file that promtool tests")
+
+	dashboard := objs["ConfigMap/t-keepalive-operator-dashboard"]
+	Expect(dashboard).NotTo(BeNil())
+	Expect(dashboard.GetNamespace()).To(Equal("monitoring"))
+	Expect(dashboard.GetLabels()).To(HaveKeyWithValue("grafana_dashboard", "1"))
+	Expect(dashboard.GetAnnotations()).To(HaveKeyWithValue("grafana_folder", "Platform"))
+	raw, err = os.ReadFile(filepath.Join(chart, "files", "grafana-dashboard.json"))
+	Expect(err).NotTo(HaveOccurred())
+	data, _, _ := unstructured.NestedStringMap(dashboard.Object, "data")
+	Expect(data).To(HaveLen(1))
+	Expect(data["keepalive-operator.json"]).To(MatchJSON(raw))
+})
