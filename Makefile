@@ -5,11 +5,15 @@ IMG ?= keepalive-operator:latest
 CONTROLLER_TOOLS_VERSION ?= v0.21.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
 HELM_VERSION ?= v3.22.0
+KO_VERSION ?= v0.19.1
+ACTIONLINT_VERSION ?= v1.7.12
 
 LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
+KO ?= $(LOCALBIN)/ko-$(KO_VERSION)
+ACTIONLINT ?= $(LOCALBIN)/actionlint-$(ACTIONLINT_VERSION)
 CHART = charts/keepalive-operator
 
 SHELL = /usr/bin/env bash -o pipefail
@@ -50,8 +54,9 @@ vet: ## Run go vet.
 	go vet -tags e2e ./...
 
 .PHONY: lint
-lint: $(GOLANGCI_LINT) ## Run golangci-lint.
+lint: $(GOLANGCI_LINT) $(ACTIONLINT) ## Run golangci-lint, and actionlint on the GitHub workflows.
 	$(GOLANGCI_LINT) run
+	$(ACTIONLINT)
 
 .PHONY: envtest
 envtest: ## Print the folder of the envtest binaries, building them the first time (minutes).
@@ -168,19 +173,42 @@ PREVIOUS_RELEASE ?= 0e382c3858d145632c78b37948d9751f0fe41f59
 PREVIOUS_CHART = $(LOCALBIN)/previous-release/keepalive-operator
 
 .PHONY: image-archives
-image-archives: ## Build OCI image archives of the operator (and of its previous release), the pause program and the test application into bin/images, for a node without a registry.
+image-archives: $(KO) ## Build the images of the operator (and of its previous release), the pause program and the test application with ko, for amd64 and arm64, and write the host's as archives into bin/images, for a node without a registry.
 	@git cat-file -e '$(PREVIOUS_RELEASE)^{commit}' 2>/dev/null || { echo "error: commit $(PREVIOUS_RELEASE), the previous release that the e2e suite upgrades from, is not in this clone (fetch the history: git fetch --unshallow)" >&2; exit 1; }
-	mkdir -p $(IMAGES)
-	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/keepalive-operator ./cmd/keepalive-operator
-	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && git archive $(PREVIOUS_RELEASE) | tar -x -C "$$src" && \
-		(cd "$$src" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/keepalive-operator-previous ./cmd/keepalive-operator) && \
-		rm -rf $(PREVIOUS_CHART) && mkdir -p $(dir $(PREVIOUS_CHART)) && cp -r "$$src/$(CHART)" $(PREVIOUS_CHART)
-	go run ./hack/ociarchive -binary $(IMAGES)/keepalive-operator-previous -name keepalive-operator:previous -o $(IMAGES)/keepalive-operator-previous.tar
-	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/pause ./test/e2e/images/pause
+	rm -rf $(IMAGES) && mkdir -p $(IMAGES)
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/tcpapp ./test/e2e/images/tcpapp
-	go run ./hack/ociarchive -binary $(IMAGES)/keepalive-operator -name keepalive-operator:e2e -o $(IMAGES)/keepalive-operator.tar
-	go run ./hack/ociarchive -binary $(IMAGES)/pause -name keepalive-e2e/pause:1 -o $(IMAGES)/pause.tar
-	go run ./hack/ociarchive -binary $(IMAGES)/tcpapp -name keepalive-e2e/tcpapp:1 -o $(IMAGES)/tcpapp.tar
+	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && git archive $(PREVIOUS_RELEASE) | tar -x -C "$$src" && \
+		rm -rf $(PREVIOUS_CHART) && mkdir -p $(dir $(PREVIOUS_CHART)) && cp -r "$$src/$(CHART)" $(PREVIOUS_CHART) && \
+		go run ./hack/images -ko $(KO) -o $(IMAGES) \
+			keepalive-operator:e2e=.,./cmd/keepalive-operator \
+			keepalive-operator:previous="$$src",./cmd/keepalive-operator \
+			keepalive-e2e/pause:1=.,./test/e2e/images/pause \
+			keepalive-e2e/tcpapp:1=.,./test/e2e/images/tcpapp
+
+# Where make chart-release pushes the chart, as an OCI artifact; nowhere when
+# empty.
+CHART_REPO ?=
+
+.PHONY: chart-release
+chart-release: $(HELM) ## Package the chart as VERSION (without its v) into bin/release, and push it to CHART_REPO (oci://...) when set.
+	$(HELM) package $(CHART) --version $(patsubst v%,%,$(VERSION)) --app-version $(patsubst v%,%,$(VERSION)) -d $(LOCALBIN)/release
+	[ -z "$(CHART_REPO)" ] || $(HELM) push $(LOCALBIN)/release/keepalive-operator-$(patsubst v%,%,$(VERSION)).tgz $(CHART_REPO) $(CHART_PUSH_FLAGS)
+
+# The registry of the release's image and chart.
+REGISTRY ?= ghcr.io
+
+.PHONY: registry-login
+registry-login: $(KO) $(HELM) ## Log ko and Helm in to REGISTRY as REGISTRY_USER with the token in REGISTRY_TOKEN.
+	@echo "$$REGISTRY_TOKEN" | $(KO) login $(REGISTRY) --username "$$REGISTRY_USER" --password-stdin
+	@echo "$$REGISTRY_TOKEN" | $(HELM) registry login $(REGISTRY) --username "$$REGISTRY_USER" --password-stdin
+
+# Where make release-images pushes the operator's image (ko's KO_DOCKER_REPO).
+IMAGE_REPO ?= ghcr.io/keepalive-operator/keepalive-operator
+
+.PHONY: release-images
+release-images: $(KO) ## Build and push the operator's image for amd64 and arm64 with its SBOM to IMAGE_REPO, tagged VERSION without its v (needs a registry login).
+	KO_DOCKER_REPO=$(IMAGE_REPO) $(KO) build ./cmd/keepalive-operator --bare --sbom spdx \
+		--tags $(patsubst v%,%,$(VERSION)) --image-refs $(LOCALBIN)/release/image-refs.txt
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine).
@@ -195,6 +223,14 @@ $(CONTROLLER_GEN):
 $(HELM):
 	GOBIN=$(LOCALBIN) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	mv $(LOCALBIN)/helm $@
+
+$(KO):
+	GOBIN=$(LOCALBIN) go install github.com/google/ko@$(KO_VERSION)
+	mv $(LOCALBIN)/ko $@
+
+$(ACTIONLINT):
+	GOBIN=$(LOCALBIN) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+	mv $(LOCALBIN)/actionlint $@
 
 $(GOLANGCI_LINT):
 	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

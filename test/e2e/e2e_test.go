@@ -340,7 +340,7 @@ func tcpappPod(ns, name string, labels map[string]string, args ...string) *corev
 			TerminationGracePeriodSeconds: ptr.To[int64](1),
 			Containers: []corev1.Container{{
 				Name: "app", Image: tcpappImage, ImagePullPolicy: corev1.PullNever,
-				Command: append([]string{"/tcpapp"}, args...),
+				Command: append([]string{"/ko-app/tcpapp"}, args...), // where ko puts the binary
 			}},
 		},
 	}
@@ -395,7 +395,7 @@ func podValues(pod *corev1.Pod) string {
 // readSysctls reads the keepalive sysctls inside a running container from
 // /proc, as time/intvl/probes.
 func readSysctls(ns, pod string) string {
-	out, err := kubectl("exec", "-n", ns, pod, "--", "/tcpapp", "sysctls")
+	out, err := kubectl("exec", "-n", ns, pod, "--", "/ko-app/tcpapp", "sysctls")
 	Expect(err).NotTo(HaveOccurred(), out)
 	values := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
