@@ -207,6 +207,7 @@ IMAGE_REPO ?= ghcr.io/keepalive-operator/keepalive-operator
 
 .PHONY: release-images
 release-images: $(KO) ## Build and push the operator's image for amd64 and arm64 with its SBOM to IMAGE_REPO, tagged VERSION without its v (needs a registry login).
+	mkdir -p $(LOCALBIN)/release
 	KO_DOCKER_REPO=$(IMAGE_REPO) $(KO) build ./cmd/keepalive-operator --bare --sbom spdx \
 		--tags $(patsubst v%,%,$(VERSION)) --image-refs $(LOCALBIN)/release/image-refs.txt
 
