@@ -224,6 +224,10 @@ var _ = Describe("kubectl keepalive plan", func() {
 		Expect(p.Blocked).To(Equal(map[string][]string{string(keepalive.SkipHostNetwork): {ns.Name + "/edge"}}))
 		Expect(p.Rollouts).To(Equal([]string{"Deployment " + ns.Name + "/api", "Deployment " + ns.Name + "/web"}))
 		Expect(p.Waves).To(Equal(2))
+		By("the same plan read a pod or workload at a time")
+		var paged plan
+		Expect(json.Unmarshal(kubectlKeepalive("plan", "-f", file, "-n", ns.Name, "-o", "json", "--max-concurrent-rollouts", "1", "--chunk-size", "1"), &paged)).To(Succeed())
+		Expect(paged).To(Equal(p))
 
 		text := string(kubectlKeepalive("plan", "-f", file, "-n", ns.Name))
 		GinkgoWriter.Println(text)

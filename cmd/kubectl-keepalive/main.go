@@ -92,6 +92,7 @@ It writes nothing.`,
 	addOperatorFlags(f, &o.operatorNS, &o.excluded)
 	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed.")
 	f.IntVar(&o.maxRollouts, "max-concurrent-rollouts", 5, "The operator's --max-concurrent-rollouts: workloads rolled at once.")
+	f.Int64Var(&o.chunkSize, "chunk-size", 500, "Read pods and workloads in pages of this many, as kubectl get does.")
 	return cmd
 }
 

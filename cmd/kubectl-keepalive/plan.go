@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -26,6 +27,7 @@ type planOptions struct {
 	excluded    []string
 	unsafe      bool
 	maxRollouts int
+	chunkSize   int64
 }
 
 // Plan is what applying policies would do to the cluster as it is.
@@ -77,6 +79,9 @@ func runPlan(ctx context.Context, o planOptions, f *clusterFlags, out io.Writer)
 	}
 	if o.maxRollouts < 1 {
 		return fmt.Errorf("plan: --max-concurrent-rollouts must be at least 1, is %d", o.maxRollouts)
+	}
+	if o.chunkSize < 1 {
+		return fmt.Errorf("plan: --chunk-size must be at least 1, is %d", o.chunkSize)
 	}
 	if err := checkOutput("plan", o.output); err != nil {
 		return err
@@ -141,26 +146,38 @@ func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInt
 		return [][]keepalive.Policy{own, liveCluster, planned.namespaced, planned.cluster}
 	}
 
-	var pods corev1.PodList
-	if err := c.List(ctx, &pods); err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
+	// Only the namespaces of the planned policies, unless one is a
+	// ClusterKeepalivePolicy: on a large cluster, a page at a time.
+	scopes := []string{""}
+	if len(planned.cluster) == 0 {
+		scopes = slices.Sorted(maps.Keys(inScope))
 	}
-	for i := range pods.Items {
-		if ns, ok := inScope[pods.Items[i].Namespace]; ok {
-			planPod(res, &pods.Items[i], ns, cluster, lists(ns.Name), all, plannedRefs)
+	for _, scope := range scopes {
+		var pods corev1.PodList
+		err := eachPage(ctx, c, &pods, scope, o.chunkSize, func() {
+			for i := range pods.Items {
+				if ns, ok := inScope[pods.Items[i].Namespace]; ok {
+					planPod(res, &pods.Items[i], ns, cluster, lists(ns.Name), all, plannedRefs)
+				}
+			}
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list pods: %w", err)
 		}
-	}
-	for _, k := range kinds {
-		if k.list == nil {
-			continue // Pods were counted above
-		}
-		list := k.list()
-		if err := c.List(ctx, list); err != nil {
-			return nil, fmt.Errorf("list %ss: %w", k.name, err)
-		}
-		for _, obj := range k.items(list) {
-			if ns, ok := inScope[obj.GetNamespace()]; ok && metav1.GetControllerOf(obj) == nil { // a Deployment's ReplicaSet rolls with it
-				planWorkload(res, k.name, obj, ns, cluster, lists(ns.Name), plannedRefs)
+		for _, k := range kinds {
+			if k.list == nil {
+				continue // Pods were counted above
+			}
+			list := k.list()
+			err := eachPage(ctx, c, list, scope, o.chunkSize, func() {
+				for _, obj := range k.items(list) {
+					if ns, ok := inScope[obj.GetNamespace()]; ok && metav1.GetControllerOf(obj) == nil { // a Deployment's ReplicaSet rolls with it
+						planWorkload(res, k.name, obj, ns, cluster, lists(ns.Name), plannedRefs)
+					}
+				}
+			})
+			if err != nil {
+				return nil, fmt.Errorf("list %ss: %w", k.name, err)
 			}
 		}
 	}
@@ -188,6 +205,24 @@ func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInt
 		res.Policies = append(res.Policies, pp)
 	}
 	return res, nil
+}
+
+// eachPage lists into list from namespace ("" for all) a page of chunk
+// objects at a time, calling page after each.
+func eachPage(ctx context.Context, c client.Client, list client.ObjectList, namespace string, chunk int64, page func()) error {
+	opts := []client.ListOption{client.Limit(chunk)}
+	if namespace != "" {
+		opts = append(opts, client.InNamespace(namespace))
+	}
+	for cont := ""; ; {
+		if err := c.List(ctx, list, append(opts, client.Continue(cont))...); err != nil {
+			return err
+		}
+		page()
+		if cont = list.GetContinue(); cont == "" {
+			return nil
+		}
+	}
 }
 
 // planPod counts a pod in the planned policies' scope.
