@@ -91,7 +91,7 @@ func doctor(ctx context.Context, c client.Client, disco discovery.ServerVersionI
 	add := func(check, status, detail, fix string) {
 		out = append(out, Finding{Check: check, Status: status, Detail: detail, Fix: fix})
 	}
-	cluster, err := clusterOf(ctx, c, disco, explainOptions{operatorNS: o.operatorNS, unsafe: o.unsafe})
+	cluster, err := clusterOf(ctx, c, disco, explainOptions{operatorFlags: operatorFlags{operatorNS: o.operatorNS}, unsafe: o.unsafe})
 	if err != nil {
 		return nil, err
 	}

@@ -63,10 +63,9 @@ func (f *clusterFlags) connect() (client.Client, *discovery.DiscoveryClient, str
 // explainOptions are the flags of `kubectl keepalive explain`, besides the
 // cluster's.
 type explainOptions struct {
-	output     string
-	operatorNS string
-	excluded   []string
-	unsafe     bool
+	operatorFlags
+	output string
+	unsafe bool
 }
 
 // Explanation is what explain finds out about one pod or workload.
@@ -220,7 +219,11 @@ func clusterOf(ctx context.Context, c client.Client, disco discovery.ServerVersi
 	if err != nil {
 		return keepalive.Cluster{}, fmt.Errorf("the server's version %s: %w", info.GitVersion, err)
 	}
-	cluster := keepalive.Cluster{Minor: minor, UnsafeSysctlsAllowed: o.unsafe, OperatorNamespace: o.operatorNS, ExcludedNamespaces: o.excluded}
+	cluster, err := o.cluster(minor)
+	if err != nil {
+		return keepalive.Cluster{}, err
+	}
+	cluster.UnsafeSysctlsAllowed = o.unsafe
 	var nodes corev1.NodeList
 	if err := c.List(ctx, &nodes); err != nil {
 		return keepalive.Cluster{}, fmt.Errorf("list nodes: %w", err)

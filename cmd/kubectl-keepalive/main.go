@@ -9,12 +9,15 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 )
@@ -62,7 +65,7 @@ KIND is pod, deploy, sts, ds, rs or cronjob (or their long names).`,
 	f := cmd.Flags()
 	cluster = addClusterFlags(f)
 	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
-	addOperatorFlags(f, &o.operatorNS, &o.excluded)
+	addOperatorFlags(f, &o.operatorFlags)
 	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed: every kubelet allows the sysctls, which matters before 1.29.")
 	return cmd
 }
@@ -89,7 +92,7 @@ It writes nothing.`,
 	cluster = addClusterFlags(f)
 	f.StringVarP(&o.file, "filename", "f", "", "File of the KeepalivePolicies and ClusterKeepalivePolicies to plan (those without a namespace are in -n).")
 	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
-	addOperatorFlags(f, &o.operatorNS, &o.excluded)
+	addOperatorFlags(f, &o.operatorFlags)
 	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed.")
 	f.IntVar(&o.maxRollouts, "max-concurrent-rollouts", 5, "The operator's --max-concurrent-rollouts: workloads rolled at once.")
 	f.Int64Var(&o.chunkSize, "chunk-size", 500, "Read pods and workloads in pages of this many, as kubectl get does.")
@@ -123,10 +126,41 @@ when a finding is an error.`,
 	return cmd
 }
 
-// addOperatorFlags adds the operator's flags that its decisions read.
-func addOperatorFlags(f *pflag.FlagSet, operatorNS *string, excluded *[]string) {
-	f.StringVar(operatorNS, "operator-namespace", "keepalive-system", "The operator's namespace, which it never injects (its --operator-namespace).")
-	f.StringSliceVar(excluded, "excluded-namespaces", nil, "Namespaces the operator leaves alone (its --excluded-namespaces).")
+// operatorFlags are the operator's flags that its decisions read.
+type operatorFlags struct {
+	operatorNS   string
+	excluded     []string
+	namespaceSel string
+	objectSel    string
+}
+
+// addOperatorFlags adds the operator's flags that its decisions read, under
+// the operator's names.
+func addOperatorFlags(f *pflag.FlagSet, o *operatorFlags) {
+	f.StringVar(&o.operatorNS, "operator-namespace", "keepalive-system", "The operator's namespace, which it never injects (its --operator-namespace).")
+	f.StringSliceVar(&o.excluded, "excluded-namespaces", nil, "Namespaces the operator leaves alone (its --excluded-namespaces).")
+	f.StringVar(&o.namespaceSel, "namespace-selector", "", "The operator's --namespace-selector (the chart's webhook.namespaceSelectorExpressions): namespaces it does not match are left alone.")
+	f.StringVar(&o.objectSel, "object-selector", "", "The operator's --object-selector (the chart's webhook.objectSelectorExpressions): pods and templates it does not match are left alone.")
+}
+
+// cluster is the cluster of the given minor version as an operator with
+// these flags sees it.
+func (o operatorFlags) cluster(minor int) (keepalive.Cluster, error) {
+	c := keepalive.Cluster{Minor: minor, OperatorNamespace: o.operatorNS, ExcludedNamespaces: o.excluded}
+	for _, s := range []struct {
+		flag, value string
+		into        *labels.Selector
+	}{{"--namespace-selector", o.namespaceSel, &c.NamespaceSelector}, {"--object-selector", o.objectSel, &c.PodSelector}} {
+		if strings.TrimSpace(s.value) == "" {
+			continue
+		}
+		sel, err := labels.Parse(s.value)
+		if err != nil {
+			return keepalive.Cluster{}, fmt.Errorf("%s: %w", s.flag, err)
+		}
+		*s.into = sel
+	}
+	return c, nil
 }
 
 func newRender(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
@@ -158,7 +192,7 @@ operator's record.`,
 	f.StringVarP(&o.namespace, "namespace", "n", "default", "Namespace of the objects and KeepalivePolicies that name none.")
 	f.StringVar(&o.version, "kubernetes-version", "1."+strconv.Itoa(keepalive.FirstSafeMinor),
 		"Kubernetes version of the cluster; before 1.29 the sysctls are unsafe and nothing is rendered. Every release from 1.29 on decides alike.")
-	addOperatorFlags(f, &o.operatorNS, &o.excluded)
+	addOperatorFlags(f, &o.operatorFlags)
 	f.BoolVar(&o.check, "check", false, "Write nothing; list what would change and exit 1 if anything would (for CI).")
 	f.BoolVarP(&o.write, "write", "w", false, "Write the changes back into the files instead of printing the manifests.")
 	return cmd

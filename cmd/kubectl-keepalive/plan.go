@@ -21,10 +21,9 @@ import (
 // planOptions are the flags of `kubectl keepalive plan`, besides the
 // cluster's.
 type planOptions struct {
+	operatorFlags
 	file        string
 	output      string
-	operatorNS  string
-	excluded    []string
 	unsafe      bool
 	maxRollouts int
 	chunkSize   int64
@@ -108,7 +107,7 @@ func runPlan(ctx context.Context, o planOptions, f *clusterFlags, out io.Writer)
 // plan decides, for every running pod and workload in the planned
 // policies' scope, as the operator would with them applied.
 func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInterface, planned *renderer, o planOptions) (*Plan, error) {
-	cluster, err := clusterOf(ctx, c, disco, explainOptions{operatorNS: o.operatorNS, excluded: o.excluded, unsafe: o.unsafe})
+	cluster, err := clusterOf(ctx, c, disco, explainOptions{operatorFlags: o.operatorFlags, unsafe: o.unsafe})
 	if err != nil {
 		return nil, err
 	}

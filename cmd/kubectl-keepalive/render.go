@@ -25,14 +25,13 @@ import (
 
 // renderOptions are the flags of `kubectl keepalive render`.
 type renderOptions struct {
-	files      []string
-	policies   string
-	namespace  string
-	version    string
-	operatorNS string
-	excluded   []string
-	write      bool
-	check      bool
+	files     []string
+	policies  string
+	namespace string
+	version   string
+	operatorFlags
+	write bool
+	check bool
 }
 
 // input is one file, or standard input ("-"), as read.
@@ -91,8 +90,11 @@ func runRender(o renderOptions, stdin io.Reader, out, log io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("render: %w", err)
 	}
-	r := &renderer{namespace: o.namespace, labels: map[string]map[string]string{},
-		c: keepalive.Cluster{Minor: minor, OperatorNamespace: o.operatorNS, ExcludedNamespaces: o.excluded}}
+	c, err := o.cluster(minor)
+	if err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	r := &renderer{namespace: o.namespace, labels: map[string]map[string]string{}, c: c}
 	if err := r.readPolicies(o.policies, rawPolicies); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -135,6 +136,8 @@ func TestRenderErrors(t *testing.T) {
 			want: `unknown field "idleTimeout"`},
 		"no policy":    {args: []string{"-f", input, "--policies", write("empty.yaml", "# nothing\n")}, want: "holds no KeepalivePolicy"},
 		"missing file": {args: []string{"-f", filepath.Join(dir, "nope.yaml"), "--policies", good}, want: "no such file"},
+		"bad selector": {args: []string{"-f", input, "--policies", good, "--object-selector", "tier in batch"},
+			want: "--object-selector: "},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -212,5 +215,75 @@ func TestRenderSeveralFiles(t *testing.T) {
 	want := "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\n"
 	if diff := cmp.Diff(want, string(out)); diff != "" {
 		t.Errorf("render (-want +got):\n%s", diff)
+	}
+}
+
+// TestRenderOperatorSelectors leaves alone what the operator's
+// --object-selector and --namespace-selector leave alone, as the operator
+// would, and renders the rest.
+func TestRenderOperatorSelectors(t *testing.T) {
+	dir := t.TempDir()
+	manifests := filepath.Join(dir, "deploy.yaml")
+	if err := os.WriteFile(manifests, []byte(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {team: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api, tier: web}}
+    spec:
+      containers: [{name: api, image: api:1}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: jobs, namespace: shop}
+spec:
+  selector: {matchLabels: {app: jobs}}
+  template:
+    metadata: {labels: {app: jobs, tier: batch}}
+    spec:
+      containers: [{name: jobs, image: jobs:1}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	policies := filepath.Join(dir, "policies.yaml")
+	if err := os.WriteFile(policies, []byte(`apiVersion: keepalive.io/v1alpha1
+kind: KeepalivePolicy
+metadata: {name: nlb, namespace: shop}
+spec:
+  idleTimeouts: [{preset: aws-nlb}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		flags   []string
+		changed []string
+	}{
+		{"no selectors", nil, []string{"Deployment shop/api", "Deployment shop/jobs"}},
+		{"object selector", []string{"--object-selector", "tier!=batch"}, []string{"Deployment shop/api"}},
+		{"namespace selector", []string{"--namespace-selector", "team=platform"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, log, err := render(nil, append([]string{"-f", manifests, "--policies", policies, "--check"}, tc.flags...)...)
+			var changed []string
+			for _, line := range strings.Split(log, "\n") {
+				if obj, _, ok := strings.Cut(line, ": net.ipv4"); ok {
+					changed = append(changed, obj)
+				}
+			}
+			if !slices.Equal(changed, tc.changed) {
+				t.Errorf("changes %q, want %q; log:\n%s", changed, tc.changed, log)
+			}
+			if (err != nil) != (len(tc.changed) > 0) {
+				t.Errorf("--check says %v with %d changes", err, len(tc.changed))
+			}
+		})
 	}
 }
