@@ -179,7 +179,7 @@ image-archives: $(KO) ## Build the images of the operator (and of its previous r
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(IMAGES)/tcpapp ./test/e2e/images/tcpapp
 	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && git archive $(PREVIOUS_RELEASE) | tar -x -C "$$src" && \
 		rm -rf $(PREVIOUS_CHART) && mkdir -p $(dir $(PREVIOUS_CHART)) && cp -r "$$src/$(CHART)" $(PREVIOUS_CHART) && \
-		go run ./hack/images -ko $(KO) -o $(IMAGES) \
+		go run ./hack/images -ko $(KO) -ko-config $(CURDIR)/.ko.yaml -o $(IMAGES) \
 			keepalive-operator:e2e=.,./cmd/keepalive-operator \
 			keepalive-operator:previous="$$src",./cmd/keepalive-operator \
 			keepalive-e2e/pause:1=.,./test/e2e/images/pause \
@@ -206,10 +206,11 @@ registry-login: $(KO) $(HELM) ## Log ko and Helm in to REGISTRY as REGISTRY_USER
 IMAGE_REPO ?= ghcr.io/keepalive-operator/keepalive-operator
 
 .PHONY: release-images
-release-images: $(KO) ## Build and push the operator's image for amd64 and arm64 with its SBOM to IMAGE_REPO, tagged VERSION without its v (needs a registry login).
+release-images: $(KO) ## Build and push the operator's image for amd64 and arm64 with its SBOM to IMAGE_REPO, tagged VERSION without its v (needs a registry login), then check what was pushed.
 	mkdir -p $(LOCALBIN)/release
 	KO_DOCKER_REPO=$(IMAGE_REPO) $(KO) build ./cmd/keepalive-operator --bare --sbom spdx \
 		--tags $(patsubst v%,%,$(VERSION)) --image-refs $(LOCALBIN)/release/image-refs.txt
+	go run ./hack/images -check $$(cat $(LOCALBIN)/release/image-refs.txt)
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine).

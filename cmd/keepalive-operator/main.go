@@ -35,6 +35,7 @@ import (
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/controller"
+	"github.com/keepalive-operator/keepalive-operator/internal/keepalive"
 	"github.com/keepalive-operator/keepalive-operator/internal/webhook"
 )
 
@@ -152,7 +153,7 @@ func parseFlags(args []string) (options, error) {
 		}
 	}
 	for flag, sel := range map[string]string{"--namespace-selector": o.namespaceSel, "--object-selector": o.objectSel} {
-		if _, err := labels.Parse(sel); err != nil {
+		if _, err := keepalive.ParseSelector(sel); err != nil {
 			return o, fmt.Errorf("%s: %w", flag, err)
 		}
 	}
@@ -195,11 +196,9 @@ func splitList(s string) []string {
 }
 
 // selector parses a label selector flag already validated; nil when empty.
+// selector is a selector that parseOptions checked.
 func selector(s string) labels.Selector {
-	if strings.TrimSpace(s) == "" {
-		return nil
-	}
-	sel, _ := labels.Parse(s)
+	sel, _ := keepalive.ParseSelector(s)
 	return sel
 }
 

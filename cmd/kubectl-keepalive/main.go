@@ -13,7 +13,6 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -151,10 +150,7 @@ func (o operatorFlags) cluster(minor int) (keepalive.Cluster, error) {
 		flag, value string
 		into        *labels.Selector
 	}{{"--namespace-selector", o.namespaceSel, &c.NamespaceSelector}, {"--object-selector", o.objectSel, &c.PodSelector}} {
-		if strings.TrimSpace(s.value) == "" {
-			continue
-		}
-		sel, err := labels.Parse(s.value)
+		sel, err := keepalive.ParseSelector(s.value)
 		if err != nil {
 			return keepalive.Cluster{}, fmt.Errorf("%s: %w", s.flag, err)
 		}

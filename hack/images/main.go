@@ -1,15 +1,18 @@
-// Command images builds the project's images with ko, as the release does,
-// and writes archives of them that `ctr images import` loads, so that a local
-// node runs them without a registry.
+// Command images builds the project's images with ko and .ko.yaml, as the
+// release does, and writes archives of them that `ctr images import` loads,
+// so that a local node runs them without a registry.
 //
 // ko pushes what it builds to a registry and pulls its base image from one.
 // Here both are an in-process registry on the loopback address that lives as
 // long as the command: the base is a static, non-root image with no files
-// (the release uses distroless/static:nonroot from .ko.yaml), and each image
-// is checked as a user would pull it from the release: one manifest per
-// platform asked for, a non-root user, and an SPDX SBOM attached.
+// for each platform (the release uses distroless/static:nonroot from
+// .ko.yaml), and each image is checked as a user would pull it from the
+// release: one manifest for each of -platforms, a non-root user, and an SPDX
+// SBOM attached. With -check, it checks the images the release pushed, by
+// their references, the same way.
 //
-//	images -ko KO -o DIR [-platforms linux/amd64,linux/arm64] NAME:TAG=DIR,IMPORTPATH ...
+//	images -ko KO -ko-config .ko.yaml -o DIR [-platforms P1,P2] NAME:TAG=DIR,IMPORTPATH ...
+//	images -check [-platforms P1,P2] REF@DIGEST ...
 package main
 
 import (
@@ -28,6 +31,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -51,12 +55,38 @@ type image struct {
 
 func main() {
 	ko := flag.String("ko", "ko", "the ko binary")
+	koConfig := flag.String("ko-config", ".ko.yaml", "ko's configuration, also for trees without one (the previous release)")
 	out := flag.String("o", "", "folder for the archives, one NAME.tar per image")
-	platforms := flag.String("platforms", "linux/amd64,linux/arm64", "platforms each image is built for; the archive holds the host's")
+	platforms := flag.String("platforms", "linux/amd64,linux/arm64", "platforms every image must have (.ko.yaml says which ko builds); the archive holds the host's")
+	checkOnly := flag.Bool("check", false, "only check the images of the references given, as pushed")
 	flag.Parse()
+	want, err := parsePlatforms(*platforms)
+	if err != nil {
+		log.Fatalf("images: -platforms: %v", err)
+	}
+	if *checkOnly {
+		if flag.NArg() == 0 {
+			log.Fatal("images: -check needs the references of the images")
+		}
+		for _, arg := range flag.Args() {
+			ref, err := name.NewDigest(arg)
+			if err == nil {
+				err = check(ref, want)
+			}
+			if err != nil {
+				log.Fatalf("images: %s: %v", arg, err)
+			}
+			log.Printf("%s: platforms %s, non-root, SBOM attached", arg, *platforms)
+		}
+		return
+	}
 	if *out == "" || flag.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "usage: images -ko KO -o DIR [-platforms P1,P2] NAME:TAG=DIR,IMPORTPATH ...")
+		fmt.Fprintln(os.Stderr, "usage: images -ko KO -ko-config FILE -o DIR [-platforms P1,P2] NAME:TAG=DIR,IMPORTPATH ...\n       images -check [-platforms P1,P2] REF@DIGEST ...")
 		os.Exit(2)
+	}
+	config, err := filepath.Abs(*koConfig)
+	if err != nil {
+		log.Fatalf("images: %v", err)
 	}
 	var images []image
 	for _, arg := range flag.Args() {
@@ -66,7 +96,7 @@ func main() {
 		}
 		images = append(images, img)
 	}
-	if err := run(*ko, *out, strings.Split(*platforms, ","), images); err != nil {
+	if err := run(*ko, config, *out, want, images); err != nil {
 		log.Fatalf("images: %v", err)
 	}
 }
@@ -85,19 +115,23 @@ func parseImage(arg string) (image, error) {
 	return image{name: tag, file: file, dir: dir, importPath: importPath}, nil
 }
 
-func run(ko, out string, platforms []string, images []image) error {
+func parsePlatforms(list string) ([]v1.Platform, error) {
+	var out []v1.Platform
+	for _, p := range strings.Split(list, ",") {
+		pl, err := v1.ParsePlatform(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *pl)
+	}
+	return out, nil
+}
+
+func run(ko, koConfig, out string, want []v1.Platform, images []image) error {
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	host := strings.TrimPrefix(reg.URL, "http://")
 
-	var want []v1.Platform
-	for _, p := range platforms {
-		pl, err := v1.ParsePlatform(p)
-		if err != nil {
-			return err
-		}
-		want = append(want, *pl)
-	}
 	base, err := name.NewTag(host + "/base:nonroot")
 	if err != nil {
 		return err
@@ -109,7 +143,7 @@ func run(ko, out string, platforms []string, images []image) error {
 		return err
 	}
 	for _, img := range images {
-		built, err := build(ko, host, base, img, platforms)
+		built, err := build(ko, koConfig, host, base, img)
 		if err != nil {
 			return fmt.Errorf("%s: %w", img.name, err)
 		}
@@ -144,17 +178,16 @@ func pushBase(ref name.Tag, platforms []v1.Platform) error {
 }
 
 // build runs ko for one image, which pushes it to the registry at host, and
-// returns its reference by digest.
-func build(ko, host string, base name.Tag, img image, platforms []string) (name.Digest, error) {
-	cmd := exec.Command(ko, "build", img.importPath, "--bare", "--tags", img.name.TagStr(),
-		"--platform", strings.Join(platforms, ","), "--sbom", "spdx")
+// returns its reference by digest. The platforms are .ko.yaml's.
+func build(ko, koConfig, host string, base name.Tag, img image) (name.Digest, error) {
+	cmd := exec.Command(ko, "build", img.importPath, "--bare", "--tags", img.name.TagStr(), "--sbom", "spdx")
 	cmd.Dir = img.dir
 	cmd.Env = append(os.Environ(),
 		"KO_DOCKER_REPO="+host+"/"+img.name.RepositoryStr(),
 		"KO_DEFAULTBASEIMAGE="+base.String(),
 		// The settings of .ko.yaml, also for a tree without one (the
 		// previous release).
-		"KO_CONFIG_PATH="+koConfig(),
+		"KO_CONFIG_PATH="+koConfig,
 		"CGO_ENABLED=0")
 	var stdout bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
@@ -164,17 +197,19 @@ func build(ko, host string, base name.Tag, img image, platforms []string) (name.
 	return name.NewDigest(strings.TrimSpace(stdout.String()))
 }
 
-// koConfig is the path of the project's .ko.yaml.
-func koConfig() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", ".ko.yaml")
-}
-
 // check checks what a user of the release would pull: an index with one
 // image per platform, each running as a user other than root, and an SBOM
 // attached to the index.
 func check(ref name.Digest, want []v1.Platform) error {
-	idx, err := remote.Index(ref)
+	auth := remote.WithAuthFromKeychain(authn.DefaultKeychain) // ko login's, for the release
+	desc, err := remote.Get(ref, auth)
+	if err != nil {
+		return err
+	}
+	if !desc.MediaType.IsIndex() {
+		return fmt.Errorf("one image (%s), not an index of one per platform: want %v", desc.MediaType, want)
+	}
+	idx, err := desc.ImageIndex()
 	if err != nil {
 		return err
 	}
@@ -213,7 +248,7 @@ func check(ref name.Digest, want []v1.Platform) error {
 	if err != nil {
 		return err
 	}
-	sbomImg, err := remote.Image(sbom)
+	sbomImg, err := remote.Image(sbom, auth)
 	if err != nil {
 		return fmt.Errorf("no SBOM: %w", err)
 	}

@@ -64,6 +64,25 @@ func TestCheck(t *testing.T) {
 		return ref.Context().Digest(d.String())
 	}
 
+	single, err := name.NewTag(host + "/single:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{OS: "linux", Architecture: "amd64", Config: v1.Config{User: nonRoot}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(single, img); err != nil {
+		t.Fatal(err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := check(single.Context().Digest(d.String()), both); err == nil || !strings.Contains(err.Error(), "not an index") {
+		t.Errorf("one image for one platform: check says %v, want an error with %q", err, "not an index")
+	}
+
 	if err := check(push("good", nonRoot, both, true), both); err != nil {
 		t.Errorf("a non-root image for both platforms with an SBOM: %v", err)
 	}
@@ -77,6 +96,7 @@ func TestCheck(t *testing.T) {
 		{"user 0", "uid0", "0:0", both, true, "runs as \"0:0\", root"},
 		{"one platform", "amd64", nonRoot, []v1.Platform{amd64}, true, "platforms"},
 		{"no SBOM", "nosbom", nonRoot, both, false, "no SBOM"},
+		{"no platform", "none", nonRoot, nil, true, "platforms"},
 	} {
 		err := check(push(tc.repo, tc.user, tc.platforms, tc.sbom), both)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

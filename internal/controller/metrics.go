@@ -113,6 +113,14 @@ func recordConnections(policy string, a v1alpha1.ConnectionAudit) {
 	policyPodsUnaudited.WithLabelValues(policy).Set(float64(a.PodsUnaudited))
 }
 
+// forgetPolicy drops every series of a policy: deleted, being deleted, or
+// with a spec that does not compute, whose counts are no longer kept.
+func forgetPolicy(policy string) {
+	forgetPods(policy)
+	forgetConnections(policy)
+	forgetReady(policy)
+}
+
 func forgetConnections(policy string) {
 	policyConnections.DeletePartialMatch(prometheus.Labels{"policy": policy})
 	policyPodsUnaudited.DeleteLabelValues(policy)

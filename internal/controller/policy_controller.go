@@ -102,9 +102,7 @@ func (r *policyReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (
 	if err := r.client.Get(ctx, req.NamespacedName, obj); err != nil {
 		if apierrors.IsNotFound(err) {
 			ref := r.ref(req.Namespace, req.Name)
-			forgetPods(ref.String())
-			forgetConnections(ref.String())
-			forgetReady(ref.String())
+			forgetPolicy(ref.String())
 			r.policies.forget(ref)
 			return ctrl.Result{}, nil
 		}
@@ -114,6 +112,7 @@ func (r *policyReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (
 		return ctrl.Result{}, err
 	}
 	if !obj.GetDeletionTimestamp().IsZero() {
+		forgetPolicy(r.ref(req.Namespace, req.Name).String())
 		return ctrl.Result{}, r.reconcileDelete(ctx, obj)
 	}
 	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
@@ -165,7 +164,11 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) (ctrl.
 			r.events.Eventf(obj, nil, corev1.EventTypeWarning, ReasonInvalidSpec, "Compute", "%s", err.Error())
 		}
 		setCondition(obj, c)
-		recordReady(r.ref(obj.GetNamespace(), obj.GetName()).String(), c)
+		// The counts of the last spec that computed are not this spec's.
+		ref := r.ref(obj.GetNamespace(), obj.GetName()).String()
+		forgetPods(ref)
+		forgetConnections(ref)
+		recordReady(ref, c)
 		return ctrl.Result{}, nil // nothing to retry until the spec changes
 	}
 

@@ -99,6 +99,16 @@ type Cluster struct {
 	OldNodes []Node
 }
 
+// ParseSelector reads the operator's --namespace-selector or
+// --object-selector (kubectl's label selector syntax); blank is no selector,
+// nil.
+func ParseSelector(s string) (labels.Selector, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	return labels.Parse(s)
+}
+
 // leftOut says why the operator leaves a pod alone whatever the policies,
 // or returns "": excluded namespaces and pods, and opt-out labels.
 func (c Cluster) leftOut(pod PodView, ns Namespace) SkipReason {

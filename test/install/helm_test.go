@@ -270,4 +270,8 @@ var _ = It("renders the alerts and the dashboard only when asked, from the chart
 	data, _, _ := unstructured.NestedStringMap(dashboard.Object, "data")
 	Expect(data).To(HaveLen(1))
 	Expect(data["keepalive-operator.json"]).To(MatchJSON(raw))
+
+	By("without the sidecar's label, for a Grafana that finds dashboards otherwise")
+	objs = render("--set", "metrics.dashboard.enabled=true", "--set", "metrics.dashboard.labels=null")
+	Expect(objs["ConfigMap/t-keepalive-operator-dashboard"].GetLabels()).NotTo(HaveKey("grafana_dashboard"))
 })
