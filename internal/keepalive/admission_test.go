@@ -293,3 +293,21 @@ func TestNamespaceMatters(t *testing.T) {
 		t.Error("a ClusterKeepalivePolicy selects by its namespaceSelector")
 	}
 }
+
+func TestParseSelector(t *testing.T) {
+	for _, blank := range []string{"", "  "} {
+		if sel, err := ParseSelector(blank); sel != nil || err != nil {
+			t.Errorf("ParseSelector(%q) = %v, %v; want no selector", blank, sel, err)
+		}
+	}
+	sel, err := ParseSelector("tier!=batch,team in (web,shop)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sel.Matches(labels.Set{"tier": "web", "team": "shop"}) || sel.Matches(labels.Set{"tier": "batch", "team": "shop"}) {
+		t.Errorf("%v does not select as kubectl does", sel)
+	}
+	if _, err := ParseSelector("tier in batch"); err == nil {
+		t.Error("ParseSelector(\"tier in batch\") = nil error")
+	}
+}
