@@ -157,6 +157,8 @@ build: generate fmt vet ## Build the operator and its kubectl plugin (kubectl-ke
 # manifest points at.
 PLUGIN_PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 VERSION ?= $(shell git describe --tags --always --dirty)
+# VERSION without its v: the chart's version and the image's tag.
+RELEASE_VERSION = $(patsubst v%,%,$(VERSION))
 
 .PHONY: plugin-release
 plugin-release: ## Build kubectl-keepalive for linux and darwin on amd64 and arm64 into bin/release: archives, checksums.txt and the krew manifest keepalive.yaml.
@@ -191,8 +193,8 @@ CHART_REPO ?=
 
 .PHONY: chart-release
 chart-release: $(HELM) ## Package the chart as VERSION (without its v) into bin/release, and push it to CHART_REPO (oci://...) when set.
-	$(HELM) package $(CHART) --version $(patsubst v%,%,$(VERSION)) --app-version $(patsubst v%,%,$(VERSION)) -d $(LOCALBIN)/release
-	[ -z "$(CHART_REPO)" ] || $(HELM) push $(LOCALBIN)/release/keepalive-operator-$(patsubst v%,%,$(VERSION)).tgz $(CHART_REPO) $(CHART_PUSH_FLAGS)
+	$(HELM) package $(CHART) --version $(RELEASE_VERSION) --app-version $(RELEASE_VERSION) -d $(LOCALBIN)/release
+	[ -z "$(CHART_REPO)" ] || $(HELM) push $(LOCALBIN)/release/keepalive-operator-$(RELEASE_VERSION).tgz $(CHART_REPO) $(CHART_PUSH_FLAGS)
 
 # The registry of the release's image and chart.
 REGISTRY ?= ghcr.io
@@ -209,7 +211,7 @@ IMAGE_REPO ?= ghcr.io/keepalive-operator/keepalive-operator
 release-images: $(KO) ## Build and push the operator's image for amd64 and arm64 with its SBOM to IMAGE_REPO, tagged VERSION without its v (needs a registry login), then check what was pushed.
 	mkdir -p $(LOCALBIN)/release
 	KO_DOCKER_REPO=$(IMAGE_REPO) $(KO) build ./cmd/keepalive-operator --bare --sbom spdx \
-		--tags $(patsubst v%,%,$(VERSION)) --image-refs $(LOCALBIN)/release/image-refs.txt
+		--tags $(RELEASE_VERSION) --image-refs $(LOCALBIN)/release/image-refs.txt
 	go run ./hack/images -check $$(cat $(LOCALBIN)/release/image-refs.txt)
 
 .PHONY: docker-build

@@ -85,6 +85,18 @@ func (s scrape) add(fams map[string]*dto.MetricFamily, keep func(name string, la
 	}
 }
 
+// ofPolicy returns s's series of one policy.
+func (s scrape) ofPolicy(policy string) []string {
+	var out []string
+	for k := range s {
+		if strings.Contains(k, "policy="+strconv.Quote(policy)) {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // promtool runs the promtool binary that make test builds.
 func promtool(args ...string) {
 	bin := os.Getenv("PROMTOOL")
@@ -133,14 +145,9 @@ const (
 // from its part of the timeline.
 func timeline(before, after scrape) []inputSeries {
 	var out []inputSeries
-	for _, name := range slices.Sorted(maps.Keys(maps.Collect(func(yield func(string, struct{}) bool) {
-		for k := range before {
-			yield(k, struct{}{})
-		}
-		for k := range after {
-			yield(k, struct{}{})
-		}
-	}))) {
+	names := maps.Clone(before)
+	maps.Copy(names, after)
+	for _, name := range slices.Sorted(maps.Keys(names)) {
 		part := func(s scrape, n int) string {
 			if v, ok := s[name]; ok {
 				return fmt.Sprintf("%s+0x%d", strconv.FormatFloat(v, 'f', -1, 64), n-1)
@@ -305,29 +312,25 @@ var _ = Describe("the chart's alerts", func() {
 		failures()
 
 		By("the policies' status in each state")
-		status := func(name string) func(Gomega) v1alpha1.KeepalivePolicyStatus {
-			return func(g Gomega) v1alpha1.KeepalivePolicyStatus {
-				p := &v1alpha1.KeepalivePolicy{}
-				g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns.Name, Name: name}, p)).To(Succeed())
-				return p.Status
-			}
+		status := func(g Gomega, name string) v1alpha1.KeepalivePolicyStatus {
+			p := &v1alpha1.KeepalivePolicy{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns.Name, Name: name}, p)).To(Succeed())
+			return p.Status
 		}
 		Eventually(func(g Gomega) {
-			api := status("api")(g)
+			api := status(g, "api")
 			g.Expect(api.Conditions).To(ContainElement(And(HaveField("Type", "Ready"), HaveField("Reason", "WorkloadsFailed"))))
 			g.Expect(api.Conditions).To(ContainElement(And(HaveField("Type", "PodsBlocked"), HaveField("Status", metav1.ConditionTrue))))
 			g.Expect(api.Conditions).To(ContainElement(And(HaveField("Type", "KeepaliveNotEnabled"), HaveField("Status", metav1.ConditionTrue))))
-			g.Expect(status("web")(g).Conditions).To(ContainElement(And(HaveField("Type", "Ready"), HaveField("Reason", "RolloutInProgress"))))
-			g.Expect(status("trial")(g).Conditions).To(ContainElement(And(HaveField("Type", "Ready"), HaveField("Reason", "AuditOnly"))))
+			g.Expect(status(g, "web").Conditions).To(ContainElement(And(HaveField("Type", "Ready"), HaveField("Reason", "RolloutInProgress"))))
+			g.Expect(status(g, "trial").Conditions).To(ContainElement(And(HaveField("Type", "Ready"), HaveField("Reason", "AuditOnly"))))
 		}, 30*time.Second).Should(Succeed())
 		var after scrape
 		var all map[string]*dto.MetricFamily
 		Eventually(func(g Gomega) {
 			after, all = take()
 			for _, name := range []string{"api", "web", "trial"} {
-				g.Expect(slices.ContainsFunc(slices.Collect(maps.Keys(after)), func(k string) bool {
-					return strings.HasPrefix(k, "keepalive_policy_ready{") && strings.Contains(k, strconv.Quote(ref(name)))
-				})).To(BeTrue(), "the ready series of %s", name)
+				g.Expect(after.ofPolicy(ref(name))).To(ContainElement(HavePrefix("keepalive_policy_ready{")), "the ready series of %s", name)
 			}
 		}, 20*time.Second).Should(Succeed())
 		GinkgoWriter.Println("after the events:", after)
@@ -336,11 +339,11 @@ var _ = Describe("the chart's alerts", func() {
 		again, _ := take()
 
 		By("promtool evaluating the rules over the scrapes")
-		rules := alertRules()
+		descriptions := alertDescriptions()
 		// An alert as the rules would send it: its labels and summary as the
 		// on-call engineer reads them, its fixed description.
 		alert := func(name string, labels map[string]string, summary string) expAlert {
-			return expAlert{Labels: labels, Annotations: map[string]string{"summary": summary, "description": rules[name].Description}}
+			return expAlert{Labels: labels, Annotations: map[string]string{"summary": summary, "description": descriptions[name]}}
 		}
 		api, web := ref("api"), ref("web")
 		counters := map[string][]expAlert{
@@ -374,7 +377,7 @@ var _ = Describe("the chart's alerts", func() {
 			}
 			return out
 		}
-		names := slices.Sorted(maps.Keys(rules))
+		names := slices.Sorted(maps.Keys(descriptions))
 		Expect(names).To(ConsistOf(slices.Collect(maps.Keys(merged(counters, states, stale, stuck)))), "every alert of the file is tested")
 		var tests []alertTest
 		tests = append(tests, alertsAt(eventMinute-1, nil, names...)...)                    // nothing before the events
@@ -390,8 +393,10 @@ var _ = Describe("the chart's alerts", func() {
 				firstTime[k] = v
 			}
 		}
+		rulesPath, err := filepath.Abs(rulesFile)
+		Expect(err).NotTo(HaveOccurred())
 		file := ruleTests{
-			RuleFiles:          []string{must(filepath.Abs(rulesFile))},
+			RuleFiles:          []string{rulesPath},
 			EvaluationInterval: "1m",
 			Tests: []ruleGroup{
 				{Name: "scraped", Interval: "1m", InputSeries: timeline(before, after), AlertTests: tests},
@@ -418,26 +423,13 @@ var _ = Describe("the chart's alerts", func() {
 
 		By("a deleted policy exports no series")
 		Expect(k8sClient.Delete(ctx, policies[0])).To(Succeed())
-		Eventually(func() []string {
-			s, _ := take()
-			return slices.Collect(func(yield func(string) bool) {
-				for k := range s {
-					if strings.Contains(k, strconv.Quote(api)) && !yield(k) {
-						return
-					}
-				}
-			})
-		}, 20*time.Second).Should(BeEmpty())
+		Eventually(func() []string { s, _ := take(); return s.ofPolicy(api) }, 20*time.Second).Should(BeEmpty())
 	})
 })
 
-// alertRule is what the tests read of an alerting rule.
-type alertRule struct {
-	Description string
-}
-
-// alertRules are the alerting rules of the chart's rule file by name.
-func alertRules() map[string]alertRule {
+// alertDescriptions are the descriptions of the chart's alerts by name, the
+// annotation that takes no values.
+func alertDescriptions() map[string]string {
 	raw, err := os.ReadFile(rulesFile)
 	ExpectWithOffset(1, err).NotTo(HaveOccurred())
 	var file struct {
@@ -449,10 +441,10 @@ func alertRules() map[string]alertRule {
 		} `json:"groups"`
 	}
 	ExpectWithOffset(1, sigsyaml.Unmarshal(raw, &file)).To(Succeed())
-	out := map[string]alertRule{}
+	out := map[string]string{}
 	for _, g := range file.Groups {
 		for _, r := range g.Rules {
-			out[r.Alert] = alertRule{Description: r.Annotations["description"]}
+			out[r.Alert] = r.Annotations["description"]
 		}
 	}
 	return out
@@ -498,9 +490,4 @@ func checkDashboard(fams map[string]*dto.MetricFamily) {
 	file := filepath.Join(GinkgoT().TempDir(), "dashboard-queries.yaml")
 	Expect(os.WriteFile(file, out, 0o644)).To(Succeed())
 	promtool("check", "rules", file)
-}
-
-func must[T any](v T, err error) T {
-	ExpectWithOffset(1, err).NotTo(HaveOccurred())
-	return v
 }
