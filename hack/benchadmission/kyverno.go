@@ -73,12 +73,12 @@ package main
 // excludes it from the webhooks and from the engine (resourceFilters).
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -788,19 +788,11 @@ func kyvernoMetricsURL(p *testenv.Process) (string, error) {
 // kyvernoPodRequests sums Kyverno's count of admission requests for pods,
 // over all its labels.
 func kyvernoPodRequests(ctx context.Context, url string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	raw, err := download(ctx, url, 10*time.Second)
 	if err != nil {
 		return 0, fmt.Errorf("read Kyverno's metrics: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("read Kyverno's metrics at %s: %s", url, resp.Status)
-	}
-	families, err := parseMetrics(resp.Body)
+	families, err := parseMetrics(bytes.NewReader(raw))
 	if err != nil {
 		return 0, fmt.Errorf("read Kyverno's metrics at %s: %w", url, err)
 	}

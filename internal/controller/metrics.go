@@ -113,12 +113,17 @@ func recordConnections(policy string, a v1alpha1.ConnectionAudit) {
 	policyPodsUnaudited.WithLabelValues(policy).Set(float64(a.PodsUnaudited))
 }
 
-// forgetPolicy drops every series of a policy: deleted, being deleted, or
-// with a spec that does not compute, whose counts are no longer kept.
+// forgetPolicy drops every series of a policy deleted or being deleted.
 func forgetPolicy(policy string) {
+	forgetCounts(policy)
+	forgetReady(policy)
+}
+
+// forgetCounts drops a policy's counts of pods and connections, which are
+// no longer kept: it is going, or its spec does not compute.
+func forgetCounts(policy string) {
 	forgetPods(policy)
 	forgetConnections(policy)
-	forgetReady(policy)
 }
 
 func forgetConnections(policy string) {

@@ -99,9 +99,9 @@ func (r *policyReconciler[T]) ref(namespace, name string) keepalive.Ref {
 func (r *policyReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	defer func() { reconciles.WithLabelValues(r.kind, resultLabel(result, retErr)).Inc() }()
 	obj := r.newObj()
+	ref := r.ref(req.Namespace, req.Name)
 	if err := r.client.Get(ctx, req.NamespacedName, obj); err != nil {
 		if apierrors.IsNotFound(err) {
-			ref := r.ref(req.Namespace, req.Name)
 			forgetPolicy(ref.String())
 			r.policies.forget(ref)
 			return ctrl.Result{}, nil
@@ -112,7 +112,7 @@ func (r *policyReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (
 		return ctrl.Result{}, err
 	}
 	if !obj.GetDeletionTimestamp().IsZero() {
-		forgetPolicy(r.ref(req.Namespace, req.Name).String())
+		forgetPolicy(ref.String())
 		return ctrl.Result{}, r.reconcileDelete(ctx, obj)
 	}
 	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
@@ -166,8 +166,7 @@ func (r *policyReconciler[T]) reconcileNormal(ctx context.Context, obj T) (ctrl.
 		setCondition(obj, c)
 		// The counts of the last spec that computed are not this spec's.
 		ref := r.ref(obj.GetNamespace(), obj.GetName()).String()
-		forgetPods(ref)
-		forgetConnections(ref)
+		forgetCounts(ref)
 		recordReady(ref, c)
 		return ctrl.Result{}, nil // nothing to retry until the spec changes
 	}
@@ -316,7 +315,8 @@ func nodeInfo(ctx context.Context, c client.Reader, name string) (*keepalive.Nod
 	case err != nil:
 		return nil, fmt.Errorf("get node %s: %w", name, err)
 	}
-	return &keepalive.NodeInfo{KubeletVersion: node.Status.NodeInfo.KubeletVersion, KernelVersion: node.Status.NodeInfo.KernelVersion}, nil
+	info := keepalive.NodeOf(&node).Info
+	return &info, nil
 }
 
 // namespaceOf returns a cached namespace as the decisions read it; false

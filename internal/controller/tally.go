@@ -198,47 +198,50 @@ func (t *tally) entry(ctx context.Context, pod *cachedPod, only *keepalive.Polic
 	}
 	var (
 		ns   keepalive.Namespace
-		pols []keepalive.Policy
+		pols [2][]keepalive.Policy // the namespace's own and the cluster's, shared: read only
 		ok   bool
 	)
 	if only != nil {
-		pols = []keepalive.Policy{*only}
+		pols[0] = []keepalive.Policy{*only}
 		ns, ok = namespaceOf(ctx, t.client, pod.GetNamespace())
 	} else {
-		var namespaced, cluster []keepalive.Policy
 		var err error
-		ns, namespaced, cluster, ok, err = t.policies.forNamespace(ctx, pod.GetNamespace())
+		ns, pols[0], pols[1], ok, err = t.policies.forNamespace(ctx, pod.GetNamespace())
 		if err != nil {
 			logf.FromContext(ctx).Error(err, "count a pod")
 			return podEntry{}
 		}
-		pols = slices.Concat(namespaced, cluster)
 	}
-	if !ok || len(pols) == 0 {
+	if !ok || len(pols[0])+len(pols[1]) == 0 {
 		return podEntry{} // a namespace event recounts its pods once it is cached
 	}
 	target := keepalive.Target{Namespace: pod.GetNamespace(), Labels: pod.Labels(), NamespaceLabels: ns.Labels}
 	e := podEntry{node: pod.node}
-	var node *keepalive.NodeInfo
-	nodeRead := false
+	var (
+		node *keepalive.NodeInfo
+		view keepalive.PodView
+		read bool // node and view, once a policy applies
+	)
 	cluster := t.cluster()
-	for i := range pols {
-		p := &pols[i]
-		if !p.Applies(target) {
-			continue
+	for _, list := range pols {
+		for i := range list {
+			p := &list[i]
+			if !p.Applies(target) {
+				continue
+			}
+			if !read {
+				node, _ = nodeInfo(ctx, t.client, pod.Node())
+				view, read = podView(pod), true
+			}
+			var o outcome
+			o.state, o.reason = keepalive.Classify(view, ns, cluster, p, node)
+			c := contribution{policy: uint32(t.refs.id(p.Ref)), outcome: uint16(t.outcomes.id(o))}
+			if o.state == keepalive.PodStale {
+				_, patchable, err := owner(ctx, t.client, pod)
+				c.unpatchable = err == nil && !patchable
+			}
+			e.policies = append(e.policies, c)
 		}
-		if !nodeRead {
-			node, _ = nodeInfo(ctx, t.client, pod.Node())
-			nodeRead = true
-		}
-		var o outcome
-		o.state, o.reason = keepalive.Classify(podView(pod), ns, cluster, p, node)
-		c := contribution{policy: uint32(t.refs.id(p.Ref)), outcome: uint16(t.outcomes.id(o))}
-		if o.state == keepalive.PodStale {
-			_, patchable, err := owner(ctx, t.client, pod)
-			c.unpatchable = err == nil && !patchable
-		}
-		e.policies = append(e.policies, c)
 	}
 	return e
 }

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/version"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 )
@@ -36,6 +37,16 @@ const (
 // sysctls are safe: kubelets accept them and Pod Security baseline and
 // restricted allow them.
 const FirstSafeMinor = 29
+
+// ServerMinor is the minor release of a Kubernetes 1.x API server as its
+// version reports it: managed clusters write "29+" for 29.
+func ServerMinor(v *version.Info) (int, error) {
+	minor, err := strconv.Atoi(strings.TrimSuffix(v.Minor, "+"))
+	if v.Major != "1" || err != nil {
+		return 0, fmt.Errorf("unexpected API server version %q (major %q, minor %q)", v.GitVersion, v.Major, v.Minor)
+	}
+	return minor, nil
+}
 
 // SystemNamespaces are never injected.
 var SystemNamespaces = []string{"kube-system", "kube-public", "kube-node-lease"}
@@ -147,6 +158,15 @@ type Decision struct {
 
 // Changed reports whether the pod must be patched.
 func (d Decision) Changed() bool { return d.Sysctls != nil || len(d.Annotations) > 0 }
+
+// SysctlsAfter is the pod's sysctl list once admitted: the new one, or own
+// where the decision leaves it as it is.
+func (d Decision) SysctlsAfter(own []corev1.Sysctl) []corev1.Sysctl {
+	if d.Sysctls != nil {
+		return d.Sysctls
+	}
+	return own
+}
 
 // Decide admits a pod: it picks the governing policy among those given
 // (namespaced ones of the pod's namespace and cluster ones) and merges its

@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/version"
 
 	"github.com/keepalive-operator/keepalive-operator/api/v1alpha1"
 	"github.com/keepalive-operator/keepalive-operator/internal/testobj"
@@ -309,5 +310,18 @@ func TestParseSelector(t *testing.T) {
 	}
 	if _, err := ParseSelector("tier in batch"); err == nil {
 		t.Error("ParseSelector(\"tier in batch\") = nil error")
+	}
+}
+
+func TestServerMinor(t *testing.T) {
+	for _, tc := range []struct {
+		major, minor string
+		want         int
+		ok           bool
+	}{{"1", "36", 36, true}, {"1", "29+", 29, true}, {"2", "0", 0, false}, {"1", "", 0, false}} {
+		got, err := ServerMinor(&version.Info{Major: tc.major, Minor: tc.minor, GitVersion: "v" + tc.major + "." + tc.minor})
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("major %q minor %q: %d, %v; want %d, ok %v", tc.major, tc.minor, got, err, tc.want, tc.ok)
+		}
 	}
 }

@@ -32,6 +32,11 @@ func NodeOf(n *corev1.Node) Node {
 		Info: NodeInfo{KubeletVersion: n.Status.NodeInfo.KubeletVersion, KernelVersion: n.Status.NodeInfo.KernelVersion}}
 }
 
+// Old reports whether the node's kubelet or kernel is old enough for some
+// cluster to refuse the sysctls there: the nodes Cluster.OldNodes holds,
+// whose refusal Cluster decides.
+func (n Node) Old() bool { return n.Info.Blocks(Cluster{}) != "" }
+
 // Placement is where a pod may be scheduled: its spec.nodeName,
 // nodeSelector, required node affinity and tolerations. The zero value is
 // any node without taints.

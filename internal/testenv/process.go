@@ -263,6 +263,15 @@ func WaitIdle(ctx context.Context, pid int, max time.Duration) error {
 // outgoing connection of any process may take it before the server that was
 // meant to bind it does.
 func FreeAddr() (string, error) {
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
+}
+
+// freePort is FreeAddr's port.
+func freePort() (int, error) {
 	low := 32768
 	if raw, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		if f := strings.Fields(string(raw)); len(f) == 2 {
@@ -273,23 +282,23 @@ func FreeAddr() (string, error) {
 	}
 	const from = 10000
 	if low <= from+1000 {
-		return "", fmt.Errorf("find a free port: the ephemeral range starts at %d, leaving none below it", low)
+		return 0, fmt.Errorf("find a free port: the ephemeral range starts at %d, leaving none below it", low)
 	}
 	var last error
 	for range 100 {
-		port := strconv.Itoa(from + rand.IntN(low-from))
+		port := from + rand.IntN(low-from)
 		// Every interface, as the servers under test bind.
-		l, err := net.Listen("tcp", ":"+port)
+		l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
 		if err != nil {
 			last = err
 			continue
 		}
 		if err := l.Close(); err != nil {
-			return "", err
+			return 0, err
 		}
-		return net.JoinHostPort("127.0.0.1", port), nil
+		return port, nil
 	}
-	return "", fmt.Errorf("find a free port: %w", last)
+	return 0, fmt.Errorf("find a free port: %w", last)
 }
 
 // Parallel runs f for 0..n-1 on at most workers goroutines and returns the

@@ -19,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
@@ -94,17 +93,14 @@ func Start(install int, warnings rest.WarningHandler, tmp string) (*Env, error) 
 	}
 	if install&Webhooks != 0 {
 		e.WebhookInstallOptions.Paths = []string{filepath.Join(Root(), "config", "webhook")}
-		addr, err := FreeAddr()
+		port, err := freePort()
 		if err != nil {
 			return nil, err
 		}
 		// The host too: envtest sets it, and names it in its serving
 		// certificate, only when it picks the port itself.
-		host, port, _ := net.SplitHostPort(addr)
-		e.WebhookInstallOptions.LocalServingHost = host
-		if e.WebhookInstallOptions.LocalServingPort, err = strconv.Atoi(port); err != nil {
-			return nil, err
-		}
+		e.WebhookInstallOptions.LocalServingHost = "127.0.0.1"
+		e.WebhookInstallOptions.LocalServingPort = port
 	}
 	if install&Audit != 0 {
 		policy := filepath.Join(tmp, "audit-policy.yaml")

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -128,9 +126,5 @@ func serverMinor(dc discovery.ServerVersionInterface) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read the API server version: %w", err)
 	}
-	minor, err := strconv.Atoi(strings.TrimSuffix(v.Minor, "+"))
-	if v.Major != "1" || err != nil {
-		return 0, fmt.Errorf("unexpected API server version %q (major %q, minor %q)", v.GitVersion, v.Major, v.Minor)
-	}
-	return minor, nil
+	return keepalive.ServerMinor(v)
 }

@@ -264,7 +264,7 @@ func (s *Store) SetNamespace(name string, labels map[string]string) {
 // change nothing that matters here and cost a map lookup.
 func (s *Store) setNode(o *corev1.Node, deleted bool) {
 	n := keepalive.NodeOf(o)
-	old := !deleted && n.Info.Blocks(keepalive.Cluster{}) != ""
+	old := !deleted && n.Old()
 	s.mu.Lock()
 	was, had := s.oldNodes[n.Name]
 	if !old && !had || old && had && sameNode(was, n) {
