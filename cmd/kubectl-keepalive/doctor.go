@@ -49,9 +49,8 @@ const (
 // doctorOptions are the flags of `kubectl keepalive doctor`, besides the
 // cluster's.
 type doctorOptions struct {
-	output     string
-	operatorNS string
-	unsafe     bool
+	operatorFlags
+	output string
 }
 
 func runDoctor(ctx context.Context, o doctorOptions, f *clusterFlags, out io.Writer) error {
@@ -91,7 +90,7 @@ func doctor(ctx context.Context, c client.Client, disco discovery.ServerVersionI
 	add := func(check, status, detail, fix string) {
 		out = append(out, Finding{Check: check, Status: status, Detail: detail, Fix: fix})
 	}
-	cluster, err := clusterOf(ctx, c, disco, explainOptions{operatorFlags: operatorFlags{operatorNS: o.operatorNS}, unsafe: o.unsafe})
+	cluster, nodes, err := clusterOf(ctx, c, disco, o.operatorFlags)
 	if err != nil {
 		return nil, err
 	}
@@ -107,19 +106,15 @@ func doctor(ctx context.Context, c client.Client, disco discovery.ServerVersionI
 		add("kubernetes", statusError, fmt.Sprintf("1.%d: the keepalive sysctls are unsafe before 1.29, and the operator injects nothing", cluster.Minor),
 			"upgrade to 1.29, or allow the sysctls on every kubelet and run the operator with --unsafe-sysctls-allowed")
 	}
-	var nodes corev1.NodeList
-	if err := c.List(ctx, &nodes); err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
 	var old []string
 	for _, n := range cluster.OldNodes {
 		old = append(old, fmt.Sprintf("%s (kubelet %s, kernel %s)", n.Name, n.Info.KubeletVersion, n.Info.KernelVersion))
 	}
 	if len(old) == 0 {
-		add("nodes", statusOK, fmt.Sprintf("%s, every kubelet 1.29 or later and every kernel 4.5 or later", count(len(nodes.Items), "node", "nodes")), "")
+		add("nodes", statusOK, fmt.Sprintf("%s, every kubelet 1.29 or later and every kernel 4.5 or later", count(len(nodes), "node", "nodes")), "")
 	} else {
 		add("nodes", statusWarning, fmt.Sprintf("%s of %d too old for the sysctls: %s; the operator holds back the pods that could land there",
-			count(len(old), "node", "nodes"), len(nodes.Items), strings.Join(old, ", ")),
+			count(len(old), "node", "nodes"), len(nodes), strings.Join(old, ", ")),
 			"upgrade or drain them: pods get the values once no node they could land on is too old")
 	}
 
@@ -217,13 +212,13 @@ func doctor(ctx context.Context, c client.Client, disco discovery.ServerVersionI
 			fresh[r.Name] = now.Sub(r.Status.AuditTime.Time) <= time.Duration(r.Status.ValidSeconds)*time.Second
 		}
 		var stale []string
-		for _, n := range nodes.Items {
+		for _, n := range nodes {
 			if !fresh[n.Name] && !n.Spec.Unschedulable {
 				stale = append(stale, n.Name)
 			}
 		}
 		if len(stale) == 0 {
-			add("audit", statusOK, fmt.Sprintf("a fresh report from each of %s", count(len(nodes.Items), "node", "nodes")), "")
+			add("audit", statusOK, fmt.Sprintf("a fresh report from each of %s", count(len(nodes), "node", "nodes")), "")
 		} else {
 			add("audit", statusWarning, "nodes without a fresh audit report: "+strings.Join(stale, ", "),
 				"check the audit agent's pod on each (the chart's audit DaemonSet) and its logs")

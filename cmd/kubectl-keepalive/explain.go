@@ -65,7 +65,6 @@ func (f *clusterFlags) connect() (client.Client, *discovery.DiscoveryClient, str
 type explainOptions struct {
 	operatorFlags
 	output string
-	unsafe bool
 }
 
 // Explanation is what explain finds out about one pod or workload.
@@ -134,7 +133,7 @@ func explain(ctx context.Context, c client.Client, disco discovery.ServerVersion
 	if err := c.Get(ctx, client.ObjectKey{Name: namespace}, &ns); err != nil {
 		return nil, err
 	}
-	cluster, err := clusterOf(ctx, c, disco, o)
+	cluster, _, err := clusterOf(ctx, c, disco, o.operatorFlags)
 	if err != nil {
 		return nil, err
 	}
@@ -151,10 +150,7 @@ func explain(ctx context.Context, c client.Client, disco discovery.ServerVersion
 		view = keepalive.SpecView(pod.Labels, pod.Annotations, &pod.Spec)
 		d := keepalive.Decide(view, nsView, cluster, namespaced, clusterPolicies)
 		governing, e.Skipped, e.Warnings = d.Policy, d.Skip, d.Warnings
-		e.WouldGet = keepalive.SysctlsOf(view.Sysctls)
-		if d.Sysctls != nil {
-			e.WouldGet = keepalive.SysctlsOf(d.Sysctls)
-		}
+		e.WouldGet = keepalive.SysctlsOf(d.SysctlsAfter(view.Sysctls))
 		e.Annotation = pod.Annotations[keepalive.AnnotationPolicy]
 		if e.Connections, err = connectionsOf(ctx, c, pod); err != nil {
 			return nil, err
@@ -209,33 +205,31 @@ func explain(ctx context.Context, c client.Client, disco discovery.ServerVersion
 	return e, nil
 }
 
-// clusterOf is the cluster as the operator's decisions read it.
-func clusterOf(ctx context.Context, c client.Client, disco discovery.ServerVersionInterface, o explainOptions) (keepalive.Cluster, error) {
+// clusterOf is the cluster as the operator's decisions read it, and its
+// nodes.
+func clusterOf(ctx context.Context, c client.Client, disco discovery.ServerVersionInterface, o operatorFlags) (keepalive.Cluster, []corev1.Node, error) {
 	info, err := disco.ServerVersion()
 	if err != nil {
-		return keepalive.Cluster{}, fmt.Errorf("read the server's version: %w", err)
+		return keepalive.Cluster{}, nil, fmt.Errorf("read the server's version: %w", err)
 	}
-	minor, err := parseVersion(info.GitVersion)
+	minor, err := keepalive.ServerMinor(info)
 	if err != nil {
-		return keepalive.Cluster{}, fmt.Errorf("the server's version %s: %w", info.GitVersion, err)
+		return keepalive.Cluster{}, nil, err
 	}
 	cluster, err := o.cluster(minor)
 	if err != nil {
-		return keepalive.Cluster{}, err
+		return keepalive.Cluster{}, nil, err
 	}
-	cluster.UnsafeSysctlsAllowed = o.unsafe
 	var nodes corev1.NodeList
 	if err := c.List(ctx, &nodes); err != nil {
-		return keepalive.Cluster{}, fmt.Errorf("list nodes: %w", err)
+		return keepalive.Cluster{}, nil, fmt.Errorf("list nodes: %w", err)
 	}
 	for i := range nodes.Items {
-		// Old as the webhook's store counts them; Cluster.OldNodes says
-		// which ones refuse the sysctls.
-		if node := keepalive.NodeOf(&nodes.Items[i]); node.Info.Blocks(keepalive.Cluster{}) != "" {
+		if node := keepalive.NodeOf(&nodes.Items[i]); node.Old() {
 			cluster.OldNodes = append(cluster.OldNodes, node)
 		}
 	}
-	return cluster, nil
+	return cluster, nodes.Items, nil
 }
 
 // policiesInForce lists the policies that may apply in a namespace ("" for
@@ -259,14 +253,20 @@ func policiesInForce(ctx context.Context, c client.Client, namespace string) (na
 	}
 	for i := range kaps.Items {
 		p := &kaps.Items[i]
-		if pol, err := keepalive.NewPolicy(p); err == nil && p.DeletionTimestamp == nil {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		if pol, err := keepalive.NewPolicy(p); err == nil {
 			namespaced = append(namespaced, pol)
 			ready[pol.Ref] = readyOf(p.Status.Conditions)
 		}
 	}
 	for i := range ckaps.Items {
 		p := &ckaps.Items[i]
-		if pol, err := keepalive.NewClusterPolicy(p); err == nil && p.DeletionTimestamp == nil {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		if pol, err := keepalive.NewClusterPolicy(p); err == nil {
 			cluster = append(cluster, pol)
 			ready[pol.Ref] = readyOf(p.Status.Conditions)
 		}

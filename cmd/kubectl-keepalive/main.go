@@ -62,10 +62,8 @@ KIND is pod, deploy, sts, ds, rs or cronjob (or their long names).`,
 		},
 	}
 	f := cmd.Flags()
-	cluster = addClusterFlags(f)
-	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
+	cluster = addLiveFlags(f, &o.output, &o.operatorFlags)
 	addOperatorFlags(f, &o.operatorFlags)
-	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed: every kubelet allows the sysctls, which matters before 1.29.")
 	return cmd
 }
 
@@ -88,11 +86,9 @@ It writes nothing.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runPlan(cmd.Context(), o, cluster, stdout) },
 	}
 	f := cmd.Flags()
-	cluster = addClusterFlags(f)
+	cluster = addLiveFlags(f, &o.output, &o.operatorFlags)
 	f.StringVarP(&o.file, "filename", "f", "", "File of the KeepalivePolicies and ClusterKeepalivePolicies to plan (those without a namespace are in -n).")
-	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
 	addOperatorFlags(f, &o.operatorFlags)
-	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed.")
 	f.IntVar(&o.maxRollouts, "max-concurrent-rollouts", 5, "The operator's --max-concurrent-rollouts: workloads rolled at once.")
 	f.Int64Var(&o.chunkSize, "chunk-size", 500, "Read pods and workloads in pages of this many, as kubectl get does.")
 	return cmd
@@ -118,11 +114,18 @@ when a finding is an error.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDoctor(cmd.Context(), o, cluster, stdout) },
 	}
 	f := cmd.Flags()
-	cluster = addClusterFlags(f)
-	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
+	cluster = addLiveFlags(f, &o.output, &o.operatorFlags)
 	f.StringVar(&o.operatorNS, "operator-namespace", "keepalive-system", "The operator's namespace, which holds its leader's Lease.")
-	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed.")
 	return cmd
+}
+
+// addLiveFlags adds the flags of a command that reads the live cluster:
+// kubectl's, -o, and the operator's --unsafe-sysctls-allowed.
+func addLiveFlags(f *pflag.FlagSet, output *string, o *operatorFlags) *clusterFlags {
+	cluster := addClusterFlags(f)
+	f.StringVarP(output, "output", "o", "", "Output format: json or yaml; a text for a person when empty.")
+	f.BoolVar(&o.unsafe, "unsafe-sysctls-allowed", false, "The operator's --unsafe-sysctls-allowed: every kubelet allows the sysctls, which matters before 1.29.")
+	return cluster
 }
 
 // operatorFlags are the operator's flags that its decisions read.
@@ -131,6 +134,7 @@ type operatorFlags struct {
 	excluded     []string
 	namespaceSel string
 	objectSel    string
+	unsafe       bool
 }
 
 // addOperatorFlags adds the operator's flags that its decisions read, under
@@ -145,7 +149,7 @@ func addOperatorFlags(f *pflag.FlagSet, o *operatorFlags) {
 // cluster is the cluster of the given minor version as an operator with
 // these flags sees it.
 func (o operatorFlags) cluster(minor int) (keepalive.Cluster, error) {
-	c := keepalive.Cluster{Minor: minor, OperatorNamespace: o.operatorNS, ExcludedNamespaces: o.excluded}
+	c := keepalive.Cluster{Minor: minor, OperatorNamespace: o.operatorNS, ExcludedNamespaces: o.excluded, UnsafeSysctlsAllowed: o.unsafe}
 	for _, s := range []struct {
 		flag, value string
 		into        *labels.Selector

@@ -24,7 +24,6 @@ type planOptions struct {
 	operatorFlags
 	file        string
 	output      string
-	unsafe      bool
 	maxRollouts int
 	chunkSize   int64
 }
@@ -93,8 +92,9 @@ func runPlan(ctx context.Context, o planOptions, f *clusterFlags, out io.Writer)
 	if err != nil {
 		return fmt.Errorf("plan: %w", err)
 	}
-	planned := &renderer{namespace: namespace, labels: map[string]map[string]string{}}
-	if err := planned.readPolicies(o.file, raw); err != nil {
+	// A plan takes the live namespaces' labels, not the file's.
+	planned, err := readPolicyFile(o.file, raw, namespace, nil)
+	if err != nil {
 		return fmt.Errorf("plan: %w", err)
 	}
 	p, err := plan(ctx, c, disco, planned, o)
@@ -106,8 +106,8 @@ func runPlan(ctx context.Context, o planOptions, f *clusterFlags, out io.Writer)
 
 // plan decides, for every running pod and workload in the planned
 // policies' scope, as the operator would with them applied.
-func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInterface, planned *renderer, o planOptions) (*Plan, error) {
-	cluster, err := clusterOf(ctx, c, disco, explainOptions{operatorFlags: o.operatorFlags, unsafe: o.unsafe})
+func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInterface, planned filePolicies, o planOptions) (*Plan, error) {
+	cluster, _, err := clusterOf(ctx, c, disco, o.operatorFlags)
 	if err != nil {
 		return nil, err
 	}
@@ -130,9 +130,9 @@ func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInt
 		live[p.Ref] = p
 	}
 	// The planned policies in place of the live ones of the same name.
-	unplanned := func(p keepalive.Policy) bool { return plannedRefs[p.Ref] }
-	liveNamespaced = slices.DeleteFunc(liveNamespaced, unplanned)
-	liveCluster = slices.DeleteFunc(liveCluster, unplanned)
+	isPlanned := func(p keepalive.Policy) bool { return plannedRefs[p.Ref] }
+	liveNamespaced = slices.DeleteFunc(liveNamespaced, isPlanned)
+	liveCluster = slices.DeleteFunc(liveCluster, isPlanned)
 
 	inScope := map[string]keepalive.Namespace{}
 	for _, ns := range namespaces.Items {
@@ -140,10 +140,9 @@ func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInt
 			inScope[ns.Name] = keepalive.Namespace{Name: ns.Name, Labels: ns.Labels}
 		}
 	}
-	lists := func(namespace string) [][]keepalive.Policy {
-		own := slices.DeleteFunc(slices.Clone(liveNamespaced), func(p keepalive.Policy) bool { return p.Ref.Namespace != namespace })
-		return [][]keepalive.Policy{own, liveCluster, planned.namespaced, planned.cluster}
-	}
+	// The decisions take each policy that applies to a pod: a
+	// KeepalivePolicy only in its namespace.
+	lists := [][]keepalive.Policy{liveNamespaced, liveCluster, planned.namespaced, planned.cluster}
 
 	// Only the namespaces of the planned policies, unless one is a
 	// ClusterKeepalivePolicy: on a large cluster, a page at a time.
@@ -156,7 +155,7 @@ func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInt
 		err := eachPage(ctx, c, &pods, scope, o.chunkSize, func() {
 			for i := range pods.Items {
 				if ns, ok := inScope[pods.Items[i].Namespace]; ok {
-					planPod(res, &pods.Items[i], ns, cluster, lists(ns.Name), all, plannedRefs)
+					planPod(res, &pods.Items[i], ns, cluster, lists, all, plannedRefs)
 				}
 			}
 		})
@@ -171,7 +170,7 @@ func plan(ctx context.Context, c client.Client, disco discovery.ServerVersionInt
 			err := eachPage(ctx, c, list, scope, o.chunkSize, func() {
 				for _, obj := range k.items(list) {
 					if ns, ok := inScope[obj.GetNamespace()]; ok && metav1.GetControllerOf(obj) == nil { // a Deployment's ReplicaSet rolls with it
-						planWorkload(res, k.name, obj, ns, cluster, lists(ns.Name), plannedRefs)
+						planWorkload(res, k.name, obj, ns, cluster, lists, plannedRefs)
 					}
 				}
 			})

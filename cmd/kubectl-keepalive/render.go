@@ -55,11 +55,16 @@ func (c change) String() string {
 // renderer holds what render decides with: the policies, the namespaces'
 // labels and the cluster.
 type renderer struct {
-	namespace  string
+	filePolicies
+	namespace string
+	labels    map[string]map[string]string
+	c         keepalive.Cluster
+}
+
+// filePolicies are the policies of a file, compiled.
+type filePolicies struct {
 	namespaced []keepalive.Policy
 	cluster    []keepalive.Policy
-	labels     map[string]map[string]string
-	c          keepalive.Cluster
 }
 
 // runRender renders the inputs into out (or back into their files with
@@ -95,11 +100,11 @@ func runRender(o renderOptions, stdin io.Reader, out, log io.Writer) error {
 		return fmt.Errorf("render: %w", err)
 	}
 	r := &renderer{namespace: o.namespace, labels: map[string]map[string]string{}, c: c}
-	if err := r.readPolicies(o.policies, rawPolicies); err != nil {
-		return err
+	if r.filePolicies, err = readPolicyFile(o.policies, rawPolicies, o.namespace, r.labels); err != nil {
+		return fmt.Errorf("render: %w", err)
 	}
 	for _, in := range inputs {
-		r.readNamespaces(in.raw)
+		readNamespaces(in.raw, r.labels)
 	}
 
 	var changes []change
@@ -154,14 +159,12 @@ func runRender(o renderOptions, stdin io.Reader, out, log io.Writer) error {
 // returns its minor.
 func parseVersion(v string) (int, error) {
 	parts := strings.Split(strings.TrimPrefix(v, "v"), ".")
-	if len(parts) < 2 || parts[0] != "1" {
-		return 0, fmt.Errorf("render: --kubernetes-version %q is not a version such as 1.29", v)
+	if len(parts) >= 2 && parts[0] == "1" {
+		if minor, err := strconv.Atoi(parts[1]); err == nil {
+			return minor, nil
+		}
 	}
-	minor, err := strconv.Atoi(parts[1])
-	if err != nil {
-		return 0, fmt.Errorf("render: --kubernetes-version %q is not a version such as 1.29", v)
-	}
-	return minor, nil
+	return 0, fmt.Errorf("render: --kubernetes-version %q is not a version such as 1.29", v)
 }
 
 // readInputs reads the files named, the YAML files of folders (recursively,
@@ -234,9 +237,11 @@ func typeMeta(doc []byte) (kind, namespace, name string, ok bool) {
 	return meta.Kind, meta.Namespace, meta.Name, true
 }
 
-// readPolicies compiles the policies of a file, with the namespaces it
-// holds.
-func (r *renderer) readPolicies(name string, raw []byte) error {
+// readPolicyFile compiles the policies of a file, those without a namespace
+// in namespace, and adds the labels of the Namespaces it holds to labels
+// (unless nil).
+func readPolicyFile(name string, raw []byte, namespace string, labels map[string]map[string]string) (filePolicies, error) {
+	var r filePolicies
 	for i, doc := range documents(raw) {
 		kind, _, _, ok := typeMeta(doc)
 		if !ok {
@@ -251,7 +256,7 @@ func (r *renderer) readPolicies(name string, raw []byte) error {
 			var p v1alpha1.KeepalivePolicy
 			if err = sigsyaml.UnmarshalStrict(doc, &p); err == nil {
 				if p.Namespace == "" {
-					p.Namespace = r.namespace
+					p.Namespace = namespace
 				}
 				pol, err = keepalive.NewPolicy(&p)
 				r.namespaced = append(r.namespaced, pol)
@@ -263,30 +268,32 @@ func (r *renderer) readPolicies(name string, raw []byte) error {
 				r.cluster = append(r.cluster, pol)
 			}
 		case "Namespace":
-			r.readNamespaces(doc)
+			if labels != nil {
+				readNamespaces(doc, labels)
+			}
 			continue
 		default:
-			return fmt.Errorf("render: %s, document %d: a %s is not a policy", name, i+1, kind)
+			return r, fmt.Errorf("%s, document %d: a %s is not a policy", name, i+1, kind)
 		}
 		if err != nil {
-			return fmt.Errorf("render: %s, document %d (%s): %w", name, i+1, kind, err)
+			return r, fmt.Errorf("%s, document %d (%s): %w", name, i+1, kind, err)
 		}
 	}
 	if len(r.namespaced)+len(r.cluster) == 0 {
-		return fmt.Errorf("render: %s holds no KeepalivePolicy or ClusterKeepalivePolicy", name)
+		return r, fmt.Errorf("%s holds no KeepalivePolicy or ClusterKeepalivePolicy", name)
 	}
-	return nil
+	return r, nil
 }
 
-// readNamespaces records the labels of the Namespaces of a stream.
-func (r *renderer) readNamespaces(raw []byte) {
+// readNamespaces adds the labels of the Namespaces of raw to labels.
+func readNamespaces(raw []byte, labels map[string]map[string]string) {
 	for _, doc := range documents(raw) {
 		if kind, _, _, ok := typeMeta(doc); !ok || kind != "Namespace" {
 			continue
 		}
 		var ns corev1.Namespace
 		if err := sigsyaml.Unmarshal(doc, &ns); err == nil {
-			r.labels[ns.Name] = ns.Labels
+			labels[ns.Name] = ns.Labels
 		}
 	}
 }
@@ -350,10 +357,7 @@ func (r *renderer) renderDocument(doc []byte) ([]byte, *change, error) {
 	)
 	if pod, isPod := obj.(*corev1.Pod); isPod {
 		d := keepalive.Decide(keepalive.SpecView(pod.Labels, pod.Annotations, spec), ns, r.c, r.namespaced, r.cluster)
-		want, policy = current, d.Policy
-		if d.Skip == "" && d.Sysctls != nil {
-			want = d.Sysctls
-		}
+		want, policy = d.SysctlsAfter(current), d.Policy
 	} else {
 		t := keepalive.DesiredTemplate(keepalive.TemplateView(obj), nil, ns, r.c, r.namespaced, r.cluster)
 		want, policy = t.Sysctls, t.Policy
